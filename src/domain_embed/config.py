@@ -26,7 +26,7 @@ class HubAdapter(str, Enum):
 
 
 class OnError(str, Enum):
-    raise_ = "raise"
+    fail = "fail"
     skip = "skip"
 
 
@@ -39,9 +39,14 @@ class HubSourceConfig:
     corpus_config: str = "corpus"
     queries_config: str = "queries"
     qrels_config: str = "default"
+    qrels_name: str | None = None  # qrels in a separate dataset repo (the BeIR/<name>-qrels layout)
     # split name in the hub release -> our split name (train/dev/test)
     splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "validation": "dev",
                                                             "dev": "dev", "test": "test"})
+    # obliqa adapter: the passage files in the dataset repo, and DocumentID -> document title
+    # (titles become "<title> | <PassageID>"; a missing one falls back to "Document <DocumentID>")
+    passages_files: str = "StructuredRegulatoryDocuments/*.json"
+    document_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -62,7 +67,7 @@ class DataConfig:
     use_title: bool = True
     truncation: Truncation = Truncation.chunk
     chunk_overlap: int = 32  # tokens shared by consecutive windows
-    on_error: OnError = OnError.raise_
+    on_error: OnError = OnError.fail  # fail | skip (skips are counted in the report)
     worst_offenders: int = 10  # listed in the audit when documents exceed the window
 
 
@@ -108,6 +113,7 @@ class EvalConfig:
     cache_dtype: str = "float32"  # float16 halves the cache on very large corpora
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
+    bm25: BM25Config = field(default_factory=BM25Config)
 
 
 @dataclass

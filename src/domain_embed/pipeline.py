@@ -1,0 +1,53 @@
+"""Orders the selected stages (plus any missing upstream ones), skips those whose manifest matches,
+and rebuilds the report from whatever the run directory holds."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from domain_embed.context import RunContext
+from domain_embed.errors import ConfigError
+from domain_embed.report.build import write_report
+from domain_embed.rundir import stable_hash
+from domain_embed.stages import REGISTRY
+
+log = logging.getLogger(__name__)
+
+
+def plan(selected: list[str]) -> list[str]:
+    """Selected stages and their upstream stages, in dependency order."""
+    unknown = [s for s in selected if s not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; available: {sorted(REGISTRY)}")
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        for dep in REGISTRY[name].requires:
+            visit(dep)
+        if name not in order:
+            order.append(name)
+
+    for name in selected:
+        visit(name)
+    return order
+
+
+def run_pipeline(ctx: RunContext) -> dict:
+    """Runs the plan; returns the report. A stage is redone when forced or when its inputs changed."""
+    done_now: list[str] = []
+    for name in plan(list(ctx.cfg.stages)):
+        stage = REGISTRY[name]
+        inputs = stage.inputs(ctx)
+        key = stable_hash(inputs)
+        forced = ctx.cfg.force and name in ctx.cfg.stages
+        if not forced and ctx.run_dir.is_done(name, key):
+            log.info("stage %s: up to date, skipped (force=true redoes it)", name)
+            continue
+        log.info("stage %s: running", name)
+        t0 = time.perf_counter()
+        with ctx.run_dir.stage_output(name, key, inputs) as (out, extras):
+            stage.run(ctx, out, extras)
+        log.info("stage %s: done in %.1fs", name, time.perf_counter() - t0)
+        done_now.append(name)
+    return write_report(ctx, ran=done_now)

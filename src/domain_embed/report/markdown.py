@@ -1,0 +1,68 @@
+"""report.md: the same facts as report.json, as tables a reviewer reads in a pull request."""
+
+from __future__ import annotations
+
+_HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10", "precision@1")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _metric_table(report: dict) -> str:
+    systems = report["metrics"]
+    names = [m for m in _HEADLINE if any(m in v for v in systems.values())]
+    rows = []
+    for system, values in systems.items():
+        ci = report["ci95"].get(system, {})
+        rows.append([system] + [f"{values[m]:.4f}" + (f" [{ci[m][0]:.3f}, {ci[m][1]:.3f}]" if m in ci else "")
+                                for m in names])
+    return _table(["system", *names], rows)
+
+
+def _comparisons(report: dict) -> str:
+    rows = []
+    for name, per_metric in report["comparisons"].items():
+        for metric in _HEADLINE:
+            if metric in per_metric:
+                c = per_metric[metric]
+                rows.append([name, metric, f"{c['delta']:+.4f}", f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
+                             f"{c['p_value']:.4f}"])
+    return _table(["comparison (A-vs-B: A - B)", "metric", "delta", "95% CI", "p"], rows)
+
+
+def _audit(audit: dict) -> str:
+    rows = []
+    groups = [("corpus", audit["corpus"]), ("all queries", audit["queries"])]
+    for split, parts in audit["splits"].items():
+        groups += [(f"{split} queries", parts["queries"]), (f"{split} positives", parts["positives"])]
+    for name, s in groups:
+        if s.get("count"):
+            rows.append([name, str(s["count"]), str(s["max"]), f"{s['p50']:.0f}", f"{s['p95']:.0f}",
+                         f"{s['p99']:.0f}", f"{s['share_over_limit']:.2%}"])
+    table = _table(["texts", "count", "max", "p50", "p95", "p99", f"over {audit['max_seq_length']}"], rows)
+    return (f"Tokenizer of `{audit['model']}`, window {audit['max_seq_length']} tokens, "
+            f"`data.truncation={audit['truncation']}`.\n\n{table}\n\n**Truncation:** {audit['truncated']['note']}.")
+
+
+def render_markdown(report: dict) -> str:
+    run, data = report["run"], report["data"]
+    out = [f"# domain-embed report: {run['model']} on {data['source']}", "",
+           f"- run directory: `{run['dir']}`; stages: {', '.join(run['stages']) or 'none'} "
+           f"(ran now: {', '.join(run['ran_now']) or 'none'}); budget: {run['budget']}",
+           f"- data: {data['documents']} documents, {data['queries']} queries, splits {data['splits']}",
+           f"- full corpus encodes: {report['cost']['corpus_encodes']}"]
+    if report["warnings"]:
+        out += ["", "## Warnings", *[f"- {w}" for w in report["warnings"]]]
+    if "audit" in report:
+        out += ["", "## Token-length audit", "", _audit(report["audit"])]
+    if report["metrics"]:
+        ev = report["eval"]
+        out += ["", f"## Retrieval quality ({ev['split']} split, {ev['n_queries']} queries)", "",
+                "Mean over queries, with 95% bootstrap CI.", "", _metric_table(report)]
+    if report["comparisons"]:
+        out += ["", "## Paired comparisons", "", "Paired bootstrap CI of the difference and a paired "
+                "randomization test over the same queries.", "", _comparisons(report)]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,210 @@
+"""Model loading and cached encoding: the only place in the package that encodes text.
+
+Each text list is encoded once per (model fingerprint, texts, max_seq_length, prompt, dtype) and
+kept on disk as a memory-mapped .npy, so every later stage, run and sweep job reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from domain_embed.config import ModelConfig
+from domain_embed.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_SKIP_IN_FINGERPRINT = {"README.md", ".gitattributes"}
+_ENCODE_BLOCK = 1024  # texts per block: progress and memory granularity
+
+
+def resolve_model_location(cfg: ModelConfig) -> str:
+    """Local path if given, else packaged weights if installed (offline default), else the hub id."""
+    if cfg.path:
+        path = Path(cfg.path).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"model.path '{cfg.path}' does not exist")
+        return str(path.resolve())
+    if cfg.packaged:
+        try:
+            module = importlib.import_module(cfg.packaged)
+        except ImportError:
+            log.info("packaged weights '%s' not installed; using hub id %s", cfg.packaged, cfg.hub_id)
+        else:
+            return str(module.get_model_path())
+    return cfg.hub_id
+
+
+def _hash_directory(path: Path) -> str:
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name not in _SKIP_IN_FINGERPRINT):
+        h.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as f:
+            while block := f.read(1 << 22):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if isinstance(found, str):
+        return Path(found).parent.name  # .../snapshots/<commit>/config.json
+    return None
+
+
+def texts_fingerprint(texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
+
+
+@dataclass
+class EncodeStats:
+    corpus_encodes: int = 0  # full corpus encodings actually computed (cache misses)
+    texts_encoded: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+
+
+class Embedder:
+    """A sentence-transformers model with lazy loading and an on-disk embedding cache."""
+
+    def __init__(self, cfg: ModelConfig, *, cache_dir: str | Path | None, device: str | None = None,
+                 batch_size: int = 64, max_seq_length: int | None = None, cache_dtype: str = "float32",
+                 show_progress: bool = True):
+        self.cfg = cfg
+        self.location = resolve_model_location(cfg)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.device = None if device in (None, "auto") else device
+        self.batch_size = batch_size
+        self._max_seq_length = max_seq_length or cfg.max_seq_length
+        self.cache_dtype = np.dtype(cache_dtype)
+        self.show_progress = show_progress
+        self.stats = EncodeStats()
+
+    @cached_property
+    def model(self):
+        from sentence_transformers import SentenceTransformer
+
+        t0 = time.perf_counter()
+        try:
+            model = SentenceTransformer(self.location, device=self.device, revision=self.cfg.revision,
+                                        trust_remote_code=self.cfg.trust_remote_code)
+        except Exception as exc:  # the hub, the filesystem and transformers all raise different types
+            hint = " (offline? set model.path to a local copy)" if "/" in self.location else ""
+            raise ModelLoadError(f"cannot load model '{self.location}': {exc.__class__.__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}") from exc
+        if self._max_seq_length:
+            model.max_seq_length = self._max_seq_length
+        log.info("loaded %s on %s in %.1fs (max_seq_length=%s)", self.location, model.device,
+                 time.perf_counter() - t0, model.max_seq_length)
+        return model
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    @property
+    def max_seq_length(self) -> int:
+        """The window the model really sees: its max_seq_length, capped by the tokenizer's limit."""
+        limit = self.model.max_seq_length
+        tok_limit = getattr(self.tokenizer, "model_max_length", None)
+        if tok_limit and tok_limit < 1_000_000:
+            limit = min(limit, tok_limit)
+        return int(limit)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identity of the weights: content hash for a local directory, commit for a hub snapshot."""
+        path = Path(self.location)
+        if path.is_dir():
+            return "dir:" + _hash_directory(path)
+        commit = _hub_commit(self.location, self.cfg.revision)
+        if commit is None:
+            _ = self.model  # downloads (or fails clearly) and fills the hub cache
+            commit = _hub_commit(self.location, self.cfg.revision) or (self.cfg.revision or "unknown")
+        return f"hub:{self.location}@{commit}"
+
+    def _cache_key(self, texts_hash: str, prompt: str) -> str:
+        # the requested length, not the effective one: the fingerprint already covers the model's own
+        # default, and this way a cache hit never has to load the model
+        parts = [self.fingerprint, texts_hash, str(self._max_seq_length), prompt, str(self.cfg.normalize),
+                 self.cache_dtype.name]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        return self._encode(texts, self.cfg.query_prompt, what="queries")
+
+    def encode_documents(self, texts: list[str], *, is_corpus: bool = True) -> np.ndarray:
+        """Encodes documents; a full-corpus call that misses the cache counts in `corpus_encodes`."""
+        return self._encode(texts, self.cfg.document_prompt, what="corpus" if is_corpus else "documents")
+
+    def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
+        if self.cache_dir is None:
+            out = self._compute(texts, prompt, what, np.empty((len(texts), self.dim), dtype=self.cache_dtype))
+            self._count(what, len(texts))
+            return out
+        key = self._cache_key(texts_fingerprint(texts), prompt)
+        final = self.cache_dir / "embeddings" / key
+        if (final / "meta.json").exists():
+            self.stats.cache_hits += 1
+            log.info("%s embeddings: cache hit %s (%d texts)", what, final, len(texts))
+            return np.load(final / "embeddings.npy", mmap_mode="r")
+        tmp = final.parent / f".{key}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
+                                        shape=(len(texts), self.dim))
+        self._compute(texts, prompt, what, out)
+        out.flush()
+        del out
+        meta = {"model": self.location, "fingerprint": self.fingerprint, "n": len(texts), "dim": self.dim,
+                "dtype": self.cache_dtype.name, "max_seq_length": self.max_seq_length, "prompt": prompt,
+                "normalize": self.cfg.normalize, "what": what, "created": time.time()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished the same key first: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._count(what, len(texts))
+        return np.load(final / "embeddings.npy", mmap_mode="r")
+
+    def _count(self, what: str, n: int) -> None:
+        self.stats.texts_encoded += n
+        if what == "corpus":
+            self.stats.corpus_encodes += 1
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    def _compute(self, texts: list[str], prompt: str, what: str, out: np.ndarray) -> np.ndarray:
+        """Encodes longest-first in blocks (less padding, early OOM), writing rows in place."""
+        t0 = time.perf_counter()
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        bar = tqdm(total=len(texts), desc=f"encode {what}", unit="text", disable=not self.show_progress)
+        for start in range(0, len(texts), _ENCODE_BLOCK):
+            idx = order[start:start + _ENCODE_BLOCK]
+            emb = self.model.encode([texts[i] for i in idx], prompt=prompt or None,
+                                    batch_size=self.batch_size, normalize_embeddings=self.cfg.normalize,
+                                    convert_to_numpy=True, show_progress_bar=False)
+            out[idx] = emb.astype(self.cache_dtype, copy=False)
+            bar.update(len(idx))
+        bar.close()
+        self.stats.seconds += time.perf_counter() - t0
+        return out

@@ -1,0 +1,56 @@
+"""The evaluator every stage shares: rank the corpus for a split's queries and score the ranking.
+
+Baseline, tuned model and candidate models all go through `evaluate_dense`, so their numbers are
+comparable by construction; BM25 goes through `evaluate_bm25` and the same metric code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from domain_embed.config import EvalConfig
+from domain_embed.data.chunking import Windows
+from domain_embed.data.domain import DomainData
+from domain_embed.retrieval.bm25 import BM25Index
+from domain_embed.retrieval.embed import Embedder
+from domain_embed.retrieval.metrics import PerQueryMetrics, compute_metrics
+from domain_embed.retrieval.search import search_documents
+
+
+@dataclass
+class SystemResult:
+    name: str
+    metrics: PerQueryMetrics
+    indices: np.ndarray  # (n_queries, k) document positions, best first
+    scores: np.ndarray
+    backend: str
+
+
+def _score(name: str, data: DomainData, split: str, indices: np.ndarray, scores: np.ndarray, backend: str,
+           k_values: list[int]) -> SystemResult:
+    qids, _, qrels = data.split(split)
+    ids = np.asarray(data.corpus_ids, dtype=object)
+    ranked = [ids[row].tolist() for row in indices]
+    return SystemResult(name, compute_metrics(ranked, qids, qrels, k_values), indices, scores, backend)
+
+
+def evaluate_dense(name: str, embedder: Embedder, data: DomainData, windows: Windows, split: str,
+                   cfg: EvalConfig, use_title: bool = True) -> SystemResult:
+    """Encodes the corpus windows (cached) and the split's queries, then exact search."""
+    documents = data.documents(use_title)
+    corpus = embedder.encode_documents(windows.texts(documents))
+    _, query_texts, _ = data.split(split)
+    queries = embedder.encode_queries(query_texts)
+    res = search_documents(queries, corpus, windows.parents, len(documents), max(cfg.k_values),
+                           backend=cfg.search_backend, device=cfg.device, query_block=cfg.query_block)
+    return _score(name, data, split, res.indices, res.scores, res.backend, cfg.k_values)
+
+
+def evaluate_bm25(data: DomainData, split: str, cfg: EvalConfig, use_title: bool = True) -> SystemResult:
+    """BM25 sees whole documents: it has no window, so it is the untruncated reference."""
+    index = BM25Index(data.documents(use_title), cfg.bm25)
+    _, query_texts, _ = data.split(split)
+    indices, scores = index.search(query_texts, max(cfg.k_values))
+    return _score("bm25", data, split, indices, scores, "bm25s", cfg.k_values)

@@ -1,0 +1,62 @@
+"""Stage `baseline`: the base model and BM25 on the evaluation split, scored by the same code.
+
+Writes baseline/metrics.json (means, bootstrap CIs, the paired comparison), baseline/per_query.json
+(per-query values, for later paired tests against the tuned model) and baseline/rankings.npz."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from domain_embed.context import RunContext
+from domain_embed.retrieval.evaluate import SystemResult, evaluate_bm25, evaluate_dense
+from domain_embed.retrieval.metrics import bootstrap_ci, compare_systems
+from domain_embed.rundir import atomic_write_json
+from domain_embed.stages.base import Stage, register
+
+
+def _inputs(ctx: RunContext) -> dict:
+    e = ctx.cfg.eval
+    return {"audit": ctx.run_dir.manifest("audit")["key"], "model": ctx.embedder.fingerprint,
+            "split": e.split, "k_values": list(e.k_values), "bm25": vars(e.bm25) if e.bm25.enabled else None,
+            "bootstrap": [e.bootstrap_samples, e.bootstrap_seed], "prompts": [ctx.cfg.model.query_prompt,
+                                                                             ctx.cfg.model.document_prompt]}
+
+
+def write_results(out: Path, results: list[SystemResult], ctx: RunContext) -> dict:
+    """Means, CIs and per-query values of each system, plus each system against the first one
+    (`"<other>-vs-<first>"`: delta = other - first, paired over the same queries)."""
+    e = ctx.cfg.eval
+    summary = {"split": e.split, "n_queries": len(results[0].metrics.qids), "systems": {}, "ci95": {},
+               "backends": {}, "comparisons": {}}
+    per_query = {"qids": list(results[0].metrics.qids), "systems": {}}
+    for r in results:
+        summary["systems"][r.name] = r.metrics.mean()
+        summary["ci95"][r.name] = {m: bootstrap_ci(v, e.bootstrap_samples, e.bootstrap_seed)
+                                   for m, v in r.metrics.values.items()}
+        summary["backends"][r.name] = r.backend
+        per_query["systems"][r.name] = {m: v.tolist() for m, v in r.metrics.values.items()}
+        np.savez_compressed(out / f"ranking_{r.name}.npz", indices=r.indices.astype(np.int32),
+                            scores=r.scores.astype(np.float32))
+    ref = results[0]
+    for r in results[1:]:
+        summary["comparisons"][f"{r.name}-vs-{ref.name}"] = compare_systems(
+            ref.metrics, r.metrics, list(ref.metrics.values), e.bootstrap_samples, e.bootstrap_seed)
+    atomic_write_json(out / "metrics.json", summary)
+    atomic_write_json(out / "per_query.json", per_query)
+    return summary
+
+
+def _run(ctx: RunContext, out: Path, extras: dict) -> None:
+    cfg = ctx.cfg
+    before = ctx.embedder.stats.corpus_encodes
+    results = [evaluate_dense("baseline", ctx.embedder, ctx.data, ctx.windows(), cfg.eval.split, cfg.eval,
+                              cfg.data.use_title)]
+    if cfg.eval.bm25.enabled:
+        results.append(evaluate_bm25(ctx.data, cfg.eval.split, cfg.eval, cfg.data.use_title))
+    write_results(out, results, ctx)
+    extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
+
+
+register(Stage("baseline", requires=("audit",), inputs=_inputs, run=_run))

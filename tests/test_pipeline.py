@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from domain_embed.context import RunContext
+from domain_embed.errors import ConfigError, TruncationError
+from domain_embed.pipeline import plan, run_pipeline
+
+
+@pytest.fixture
+def overrides(tiny_beir, tiny_model, tmp_path):
+    return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", "eval.batch_size=16",
+            f"cache_dir={tmp_path / 'cache'}"]
+
+
+def _run(make_config, run_dir, *overrides):
+    run_dir = run_dir / "run"
+    return run_pipeline(RunContext(make_config(run_dir, *overrides), run_dir))
+
+
+def test_audit_and_baseline_write_the_report(make_config, overrides, tmp_path):
+    report = _run(make_config, tmp_path, *overrides)
+    assert set(report["metrics"]) == {"baseline", "bm25"}
+    for system in ("baseline", "bm25"):
+        for metric in ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10", "precision@1"):
+            assert 0.0 <= report["metrics"][system][metric] <= 1.0
+        lo, hi = report["ci95"][system]["ndcg@10"]
+        assert lo <= report["metrics"][system]["ndcg@10"] <= hi
+    # the synthetic queries share rare words with their positive: BM25 must find them
+    assert report["metrics"]["bm25"]["recall@10"] > 0.9
+    assert report["cost"]["corpus_encodes"] == 1
+    assert report["eval"]["n_queries"] == 10 and report["eval"]["split"] == "test"
+    audit = report["audit"]
+    assert audit["max_seq_length"] == 64 and audit["corpus"]["over_limit"] == 1
+    assert audit["chunking"]["documents_split"] == 1 and audit["chunking"]["windows_over_limit"] == 0
+    assert audit["worst_offenders"][0]["id"] == "d7"
+    on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert on_disk["metrics"] == report["metrics"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| baseline |" in md and "| bm25 |" in md and "Token-length audit" in md
+
+
+def test_rerun_skips_finished_stages_and_force_redoes_them(make_config, overrides, tmp_path):
+    _run(make_config, tmp_path, *overrides)
+    again = _run(make_config, tmp_path, *overrides)
+    assert again["run"]["ran_now"] == [] and again["cost"]["corpus_encodes"] == 1
+    changed = _run(make_config, tmp_path, *overrides, "eval.k_values=[1,3,10]")
+    assert changed["run"]["ran_now"] == ["baseline"] and "ndcg@3" in changed["metrics"]["baseline"]
+    forced = _run(make_config, tmp_path, *overrides, "eval.k_values=[1,3,10]", "force=true")
+    assert forced["run"]["ran_now"] == ["audit", "baseline"]
+    assert forced["cost"]["corpus_encodes"] == 0  # embeddings came from the cache
+
+
+def test_selecting_a_stage_runs_its_missing_upstream():
+    assert plan(["baseline"]) == ["audit", "baseline"]
+    with pytest.raises(ConfigError, match="unknown stage"):
+        plan(["audit", "tune"])
+
+
+def test_truncation_error_refuses_and_lists_offenders(make_config, overrides, tmp_path):
+    with pytest.raises(TruncationError, match="d7"):
+        _run(make_config, tmp_path, *overrides, "data.truncation=error")
+    assert not (tmp_path / "run" / "audit").exists()
+
+
+def test_truncation_warn_reports_what_is_lost(make_config, overrides, tmp_path):
+    report = _run(make_config, tmp_path, *overrides, "data.truncation=warn")
+    assert report["audit"]["truncated"]["documents"] == 1
+    assert "1 documents" in report["audit"]["truncated"]["note"] and report["warnings"]
+    assert "chunking" not in report["audit"]
+
+
+def test_chunk_mode_scores_the_long_document_by_its_best_window(make_config, overrides, tmp_path):
+    _run(make_config, tmp_path, *overrides, "eval.bm25.enabled=false")
+    windows = json.loads((tmp_path / "run" / "audit" / "windows.json").read_text())
+    assert len(windows["parents"]) > 60 and windows["parents"].count(7) > 1
+    import numpy as np
+
+    ranking = np.load(tmp_path / "run" / "baseline" / "ranking_baseline.npz")["indices"]
+    assert all(len(set(row)) == len(row) for row in ranking.tolist())  # each document once
+
+
+def test_budget_slices_keep_positives(make_config, overrides, tmp_path):
+    report = _run(make_config, tmp_path, *overrides, "budget=smoke", "budget.max_queries=4",
+                  "budget.max_corpus=20")
+    assert report["data"]["splits"] == {"train": 4, "dev": 4, "test": 4}
+    assert report["data"]["documents"] == 20 and report["run"]["budget"] == "smoke"
