@@ -79,9 +79,9 @@ def tiny_beir(tmp_path_factory) -> Path:
     filler = "the firm shall notify the regulator of any change in its controllers within days".split()
     corpus = []
     for i, t in enumerate(topics):
-        words = [t, f"rule{i}"] + rng.sample(filler, 8)
+        words = [t, f"rule{i}", *rng.sample(filler, 8)]
         if i == 7:
-            words = words + [f"clause{j} applies to {t}" for j in range(80)]
+            words += [f"clause{j} applies to {t}" for j in range(80)]
         corpus.append({"_id": f"d{i}", "title": f"Rulebook | {i}.1", "text": " ".join(words)})
     queries = [{"_id": f"q{i}", "text": f"what does {topics[i]} rule{i} require"} for i in range(30)]
     qrels = {"train": [(f"q{i}", f"d{i}", 1) for i in range(10)],

@@ -4,28 +4,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
+
 from hydra.core.config_store import ConfigStore
 
 
-class Truncation(str, Enum):
+class Truncation(StrEnum):
     chunk = "chunk"  # split long documents into overlapping windows that fit
     warn = "warn"  # let the model truncate, and report how much was lost
     error = "error"  # refuse to run, listing the worst offenders
 
 
-class SourceKind(str, Enum):
+class SourceKind(StrEnum):
     beir = "beir"
     hub = "hub"
     pairs = "pairs"
 
 
-class HubAdapter(str, Enum):
+class HubAdapter(StrEnum):
     generic = "generic"  # corpus / queries / qrels configs of one HF dataset repo
     obliqa = "obliqa"  # RegNLP/ObliQA release schema
 
 
-class OnError(str, Enum):
+class OnError(StrEnum):
     fail = "fail"
     skip = "skip"
 

@@ -38,7 +38,9 @@ def load(path: Path, skip: bool = False):
 
 
 def test_loads_small_directory(tmp_path):
-    data = load(write_beir(tmp_path, qrels={"train": f"{HEADER}\nq1\td1\t1\n", "test": f"{HEADER}\nq2\td2\t1\n"}))
+    # blank lines hold no judgement and are allowed
+    qrels = {"train": f"{HEADER}\nq1\td1\t1\n", "test": f"{HEADER}\n\nq2\td2\t1\n\n"}
+    data = load(write_beir(tmp_path, qrels=qrels))
     assert data.corpus_ids == ["d1", "d2", "d3"]
     assert data.corpus_titles == ["Rule 1", "", ""]
     assert data.queries == {q["_id"]: q["text"] for q in QUERIES}
@@ -53,7 +55,8 @@ BAD_INPUTS = {
                  "bad JSON"),
     "not an object": ({"corpus": jsonl(CORPUS[0]) + '["d2", "text"]\n'}, "corpus.jsonl", 2, None,
                       "JSON object, got an array"),
-    "missing _id": ({"corpus": jsonl(CORPUS[0], {"text": "no id"})}, "corpus.jsonl", 2, "_id", "missing field"),
+    "missing _id": ({"corpus": jsonl(CORPUS[0], {"text": "no id"})}, "corpus.jsonl", 2, "_id",
+                    "missing field"),
     "missing text": ({"queries": jsonl(QUERIES[0], {"_id": "q2"})}, "queries.jsonl", 2, "text",
                      "missing field"),
     "text not a string": ({"corpus": jsonl({"_id": "d1", "text": 5})}, "corpus.jsonl", 1, "text",
@@ -76,10 +79,10 @@ BAD_INPUTS = {
                       "unknown query id 'q9'"),
     "unknown doc": ({"qrels": {"test": f"{HEADER}\nq1\td7\t1\n"}}, "test.tsv", 2, "corpus-id",
                     "unknown corpus id 'd7'"),
-    "duplicate judgement": ({"qrels": {"test": f"{HEADER}\nq1\td1\t1\nq1\td1\t2\n"}}, "test.tsv", 3, "corpus-id",
-                            "first on line 2"),
-    "header only": ({"qrels": {"test": f"{HEADER}\nq1\td1\t1\n", "dev": f"{HEADER}\n"}}, "dev.tsv", None, None,
-                    "no queries"),
+    "duplicate judgement": ({"qrels": {"test": f"{HEADER}\nq1\td1\t1\nq1\td1\t2\n"}}, "test.tsv", 3,
+                            "corpus-id", "first on line 2"),
+    "header only": ({"qrels": {"test": f"{HEADER}\nq1\td1\t1\n", "dev": f"{HEADER}\n"}}, "dev.tsv", None,
+                    None, "no queries"),
     "empty qrels file": ({"qrels": {"test": ""}}, "test.tsv", 1, "header", "file is empty"),
     "empty corpus": ({"corpus": ""}, "corpus.jsonl", None, None, "corpus is empty"),
     "empty queries": ({"queries": "\n"}, "queries.jsonl", None, None, "no valid queries"),
@@ -117,8 +120,8 @@ def test_missing_directory_is_named(tmp_path):
 
 
 def test_skip_mode_counts_every_bad_record(tmp_path):
-    corpus = (jsonl(*CORPUS) + "{oops\n" + jsonl({"_id": "d1", "text": "dup"}, {"_id": "d4", "text": " "})).encode()
-    corpus += b'{"_id": "d5", "text": "\xff"}\n'
+    bad = jsonl({"_id": "d1", "text": "dup"}, {"_id": "d4", "text": " "})
+    corpus = (jsonl(*CORPUS) + "{oops\n" + bad).encode() + b'{"_id": "d5", "text": "\xff"}\n'
     qrels = {"test": f"{HEADER}\nq1\td1\t1\nq2\td4\t1\nq2\td2\nq2\td2\t1\n"}
     data = load(write_beir(tmp_path, corpus=corpus, qrels=qrels), skip=True)
     assert data.corpus_ids == ["d1", "d2", "d3"]
@@ -158,7 +161,7 @@ def test_path_overrides_source_and_beir_needs_a_path(tmp_path):
     write_beir(tmp_path)
     cfg = DataConfig(source=SourceKind.hub, hub=HubSourceConfig(name="not/used"), path=str(tmp_path))
     assert load_domain_data(cfg).source.startswith("beir:")
-    with pytest.raises(ConfigError, match="data.path"):
+    with pytest.raises(ConfigError, match=r"data\.path"):
         load_domain_data(DataConfig(source=SourceKind.beir))
 
 

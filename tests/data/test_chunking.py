@@ -1,3 +1,5 @@
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
@@ -28,13 +30,13 @@ def test_windows_fit_cover_everything_and_overlap(tokenizer):
     w = make_windows(tokenizer, docs, lengths, max_tokens=64, overlap=16)
     texts = w.texts(docs)
     assert w.parents.tolist().count(0) == 1 and w.parents.tolist().count(2) == 1
-    long_windows = [t for t, p in zip(texts, w.parents) if p == 1]
+    long_windows = [t for t, p in zip(texts, w.parents, strict=True) if p == 1]
     assert len(long_windows) > 5
     assert max(token_lengths(tokenizer, texts)) <= 64  # nothing is truncated by the model
     # every word of the long document is in some window, and neighbours share words
     covered = set(" ".join(long_windows).split())
     assert covered == set(long_doc.split())
-    for a, b in zip(long_windows, long_windows[1:]):
+    for a, b in pairwise(long_windows):
         assert set(a.split()[-3:]) & set(b.split())
     # windows start and end on whole words
     assert all(t.split()[0] in long_doc.split() and t.split()[-1] in long_doc.split() for t in long_windows)

@@ -66,7 +66,7 @@ class Windows:
                    np.array([len(t) for t in texts], dtype=np.int64))
 
     def texts(self, documents: list[str]) -> list[str]:
-        return [documents[p][s:e] for p, s, e in zip(self.parents, self.starts, self.ends)]
+        return [documents[p][s:e] for p, s, e in zip(self.parents, self.starts, self.ends, strict=True)]
 
     def __len__(self) -> int:
         return len(self.parents)
@@ -87,7 +87,7 @@ def make_windows(tokenizer, documents: list[str], lengths: np.ndarray, max_token
     if budget <= overlap:
         raise ValueError(f"chunk overlap {overlap} must be smaller than the window's {budget} content tokens")
     parents, starts, ends = [], [], []
-    for doc, (text, n) in enumerate(zip(documents, lengths)):
+    for doc, (text, n) in enumerate(zip(documents, lengths, strict=True)):
         if n <= max_tokens:
             parents.append(doc)
             starts.append(0)

@@ -56,7 +56,7 @@ class DomainData:
         """Text that is encoded and indexed for each document (BEIR convention: title, space, text)."""
         if not use_title:
             return list(self.corpus_texts)
-        return [f"{t} {x}".strip() if t else x for t, x in zip(self.corpus_titles, self.corpus_texts)]
+        return [f"{t} {x}".strip() if t else x for t, x in zip(self.corpus_titles, self.corpus_texts, strict=True)]
 
     def split(self, name: str) -> tuple[list[str], list[str], Qrels]:
         """Query ids, query texts and qrels of one split; queries without qrels are not evaluated."""
@@ -69,7 +69,8 @@ class DomainData:
     def fingerprint(self) -> str:
         """Content hash of everything that determines results; keys caches and manifests."""
         h = hashlib.sha256()
-        for parts in (zip(self.corpus_ids, self.corpus_titles, self.corpus_texts), sorted(self.queries.items())):
+        docs = zip(self.corpus_ids, self.corpus_titles, self.corpus_texts, strict=True)
+        for parts in (docs, sorted(self.queries.items())):
             for row in parts:
                 h.update("\x1f".join(row).encode())
                 h.update(b"\x1e")
@@ -81,7 +82,7 @@ class DomainData:
 
     def corpus_fingerprint(self, use_title: bool = True) -> str:
         h = hashlib.sha256()
-        for doc_id, text in zip(self.corpus_ids, self.documents(use_title)):
+        for doc_id, text in zip(self.corpus_ids, self.documents(use_title), strict=True):
             h.update(f"{doc_id}\x1f{text}\x1e".encode())
         return h.hexdigest()
 

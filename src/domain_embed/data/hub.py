@@ -89,7 +89,7 @@ class _Passage:
     id: str
     document: str
     number: str  # the PassageID, e.g. "9.2.1"
-    text: str
+    text: str  # stripped, as in the BEIR copy (the release has trailing newlines)
 
 
 @dataclass
@@ -108,13 +108,16 @@ class _Passages:
         document = id_field(ref, "DocumentID", file, line)
         number = id_field(ref, "PassageID", file, line)
         found = self.by_key.get((document, number), [])
-        if len(found) > 1:
-            found = [p for p in found if p.text.strip() == str(ref.get("Passage") or "").strip()]
         where = f"DocumentID {document}, PassageID '{number}'"
-        if len(found) != 1:
-            problem = "no passage has" if not found else f"{len(found)} passages have"
-            raise DataError(f"{problem} {where} in {self.file}", file=file, line=line, field="Passages")
-        if not found[0].text.strip():
+        if not found:
+            raise DataError(f"no passage has {where} in {self.file}", file=file, line=line, field="Passages")
+        if len(found) > 1:
+            cited = [p for p in found if p.text == str(ref.get("Passage") or "").strip()]
+            if len(cited) != 1:
+                raise DataError(f"{len(found)} passages have {where} and the cited text does not pick one",
+                                file=file, line=line, field="Passages")
+            found = cited
+        if not found[0].text:
             raise DataError(f"the relevant passage {where} is empty", file=file, line=line, field="Passages")
         return found[0]
 
@@ -127,7 +130,7 @@ def _index_passages(passages: Records, file: str, skips: SkipLog) -> _Passages:
             passage = _Passage(id=id_field(record, "ID", file, row),
                                document=id_field(record, "DocumentID", file, row),
                                number=id_field(record, "PassageID", file, row),
-                               text=text_field(record, "Passage", file, row, optional=True))
+                               text=text_field(record, "Passage", file, row, optional=True).strip())
             check_unique(seen, passage.id, f"id '{passage.id}'", file, row, "ID")
             index.items.append(passage)
             index.by_key.setdefault((passage.document, passage.number), []).append(passage)
@@ -162,7 +165,7 @@ def adapt_obliqa(questions: Mapping[str, Records], passages: Records, *, name: s
     corpus = Corpus(index.file)
     dropped = 0
     for p in index.items:
-        if p.text.strip():
+        if p.text:
             corpus.add(p.id, f"{names.get(p.document) or f'Document {p.document}'} | {p.number}", p.text)
         else:
             dropped += 1

@@ -100,6 +100,7 @@ def load_pairs(cfg: PairsSourceConfig, skips: SkipLog) -> DomainData:
 
 
 def read_pair_rows(path: Path, skips: SkipLog) -> Iterator[Row]:
+    """Records of the pairs file in the format its suffix names."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         return read_jsonl(path, skips)

@@ -1,0 +1,66 @@
+"""`python -m train` as a user runs it: from another working directory, in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _train(cwd, *args, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc
+
+
+@pytest.fixture
+def args(tiny_beir, tiny_model, tmp_path):
+    return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+
+
+def test_main_job_runs_from_any_directory_and_resumes(args, tmp_path):
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    proc = _train(elsewhere, *args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["run"]["ran_now"] == ["audit", "baseline"] and report["cost"]["corpus_encodes"] == 1
+    assert (tmp_path / "run" / "train.log").exists()  # hydra.job.name, not __main__
+    proc = _train(elsewhere, *args)
+    assert proc.returncode == 0
+    assert "stage audit: up to date, skipped" in proc.stderr + proc.stdout
+
+
+def test_config_typo_fails_at_once_with_one_clear_line(args, tmp_path):
+    proc = _train(tmp_path, *args, "eval.k_vaules=[1,5]")
+    assert proc.returncode != 0
+    assert "k_vaules" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _train(tmp_path, *args, "eval.batch_size=lots")
+    assert proc.returncode != 0 and "batch_size" in proc.stderr
+    proc = _train(tmp_path, *args, "data.truncation=sometimes")
+    assert proc.returncode != 0 and "chunk" in proc.stderr  # names the allowed values
+    assert not (tmp_path / "run" / "audit").exists()  # nothing ran, no model was loaded
+
+
+def test_bad_data_is_one_line_naming_file_line_and_field(args, tmp_path, tiny_beir):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_beir, bad)
+    lines = (bad / "corpus.jsonl").read_text().splitlines()
+    lines[2] = json.dumps({"_id": "d2", "title": "x", "text": "   "})
+    (bad / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    proc = _train(tmp_path, *[a for a in args if not a.startswith("data.path")], f"data.path={bad}")
+    assert proc.returncode == 2
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "corpus.jsonl:3" in error[0] and "text" in error[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_model_path_is_a_clear_error(args, tmp_path):
+    proc = _train(tmp_path, *args, f"model.path={tmp_path / 'no-model'}")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
