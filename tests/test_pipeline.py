@@ -85,3 +85,16 @@ def test_budget_slices_keep_positives(make_config, overrides, tmp_path):
                   "budget.max_corpus=20")
     assert report["data"]["splits"] == {"train": 4, "dev": 4, "test": 4}
     assert report["data"]["documents"] == 20 and report["run"]["budget"] == "smoke"
+
+
+def test_queries_shared_between_splits_are_reported(make_config, overrides, tmp_path, tiny_beir):
+    import shutil
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(tiny_beir, leaky)
+    with (leaky / "qrels" / "test.tsv").open("a") as f:
+        f.write("q1\td1\t1\n")  # q1 is a train query
+    args = [a if not a.startswith("data.path") else f"data.path={leaky}" for a in overrides]
+    report = _run(make_config, tmp_path, *args, "stages=[audit]")
+    assert report["data"]["split_overlap"] == {"test&train": 1}
+    assert any("more than one split" in w for w in report["warnings"])

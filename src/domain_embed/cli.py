@@ -11,6 +11,7 @@ import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from domain_embed.config import RootConfig, register_configs
 from domain_embed.errors import DomainEmbedError
@@ -34,10 +35,12 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     from domain_embed.context import RunContext
     from domain_embed.pipeline import run_pipeline
 
+    for noisy in ("faiss.loader", "bm25s", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg: RootConfig = OmegaConf.to_object(dcfg)
         report = run_pipeline(RunContext(cfg, cfg.run_dir))
-    except DomainEmbedError as exc:
+    except (DomainEmbedError, MissingMandatoryValue) as exc:
         if dcfg.get("verbose") or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         log.error("%s: %s", exc.__class__.__name__, exc)

@@ -66,6 +66,12 @@ class DomainData:
         qids = sorted(qrels)
         return qids, [self.queries[q] for q in qids], qrels
 
+    def split_overlap(self) -> dict[str, int]:
+        """Queries judged in two splits: a leak that inflates any tuned-vs-base comparison."""
+        names = sorted(self.qrels)
+        return {f"{a}&{b}": n for i, a in enumerate(names) for b in names[i + 1:]
+                if (n := len(self.qrels[a].keys() & self.qrels[b].keys()))}
+
     def fingerprint(self) -> str:
         """Content hash of everything that determines results; keys caches and manifests."""
         h = hashlib.sha256()

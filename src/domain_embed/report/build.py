@@ -24,7 +24,7 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
                 "config": dataclasses.asdict(ctx.cfg)},
         "data": {"source": data.source, "documents": len(data), "queries": len(data.queries),
                  "splits": {s: len(q) for s, q in data.qrels.items()}, "fingerprint": ctx.data_fingerprint,
-                 "skipped": data.skips.summary()},
+                 "skipped": data.skips.summary(), "split_overlap": data.split_overlap()},
         "metrics": {}, "ci95": {}, "comparisons": {},
         "cost": {"corpus_encodes": sum(m.get("cost", {}).get("corpus_encodes", 0) for m in manifests.values()),
                  "stage_seconds": {s: m["seconds"] for s, m in manifests.items()}},
@@ -40,6 +40,8 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
                           "primary_metric": ctx.cfg.eval.primary_metric}
         for key in ("metrics", "ci95", "comparisons"):
             report[key].update(base["systems" if key == "metrics" else key])
+    if report["data"]["split_overlap"]:
+        report["warnings"].append(f"queries appear in more than one split: {report['data']['split_overlap']}")
     if data.skips.skipped:
         report["warnings"].append(f"{len(data.skips.skipped)} bad input records were skipped "
                                   "(data.on_error=skip); see data.skipped")
