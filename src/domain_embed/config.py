@@ -103,14 +103,28 @@ class BM25Config:
 
 
 @dataclass
+class SearchConfig:
+    """How top-k search runs. Evaluation keeps `index=flat` (exact); mining may use IVF at scale."""
+
+    backend: str = "auto"  # auto | faiss | torch
+    device: str = "auto"  # auto | cpu | cuda
+    index: str = "flat"  # flat (exact) | ivf
+    nlist: int = 4096  # IVF cells
+    nprobe: int = 32  # IVF cells visited per query
+    pq_m: int | None = None  # IVF-PQ sub-quantizers; None keeps full vectors (IVF-Flat)
+    train_size: int = 262144  # vectors sampled to train the IVF quantizer
+    fp16: bool = False  # GPU: keep the index in float16 (half the memory)
+    query_block: int = 4096  # queries searched per block: bounds memory
+    allow_cpu_fallback: bool = False  # a GPU request that cannot be met is an error unless true
+
+
+@dataclass
 class EvalConfig:
     split: str = "test"
     k_values: list[int] = field(default_factory=lambda: [1, 5, 10, 100])
     primary_metric: str = "ndcg@10"
     batch_size: int = 64
-    search_backend: str = "auto"  # auto | faiss | torch
-    device: str = "auto"  # auto | cpu | cuda
-    query_block: int = 4096  # queries searched per block: bounds memory
+    search: SearchConfig = field(default_factory=SearchConfig)
     cache_dtype: str = "float32"  # float16 halves the cache on very large corpora
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
@@ -119,27 +133,63 @@ class EvalConfig:
 
 @dataclass
 class MiningConfig:
-    """Read by the mining stage (issue 3)."""
+    """Hard-negative mining rules; every rule is counted in triplets/mining_meta.json."""
 
-    range_min: int = 0
-    range_max: int = 50
-    relative_margin: float = 0.05
-    absolute_margin: float | None = None
-    max_score: float | None = None
-    num_negatives: int = 5
-    sampling: str = "top"
+    range_min: int = 0  # skip the first ranks (likely unlabelled positives)
+    range_max: int = 50  # look no deeper than this rank
+    relative_margin: float | None = 0.05  # keep negatives scoring below (1 - m) x lowest positive score
+    absolute_margin: float | None = None  # keep negatives scoring below lowest positive score - m
+    max_score: float | None = None  # drop candidates scoring above this
+    num_negatives: int = 5  # per (query, positive) pair
+    sampling: str = "top"  # top | random (within the window, after the rules)
+    exclude_same_text: bool = True  # drop candidates whose normalised text equals a positive's
+    splits: list[str] = field(default_factory=lambda: ["train", "dev"])  # queries mined
+    dev_split: str = "dev"  # triplets of this split form the training-time dev set
+    min_triplets: int = 500  # below this the report warns (the article's minimum viable size)
+    rescorer: str | None = None  # a cross-encoder (hub id or path) to drop likely false negatives
+    rescorer_threshold: float = 0.0  # drop candidates the cross-encoder scores above this (logit)
+    rescorer_batch_size: int = 32
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: PEFT's default for the architecture
 
 
 @dataclass
 class TrainingConfig:
-    """Read by the finetune stage (issue 4)."""
+    """Maps onto SentenceTransformerTrainingArguments and the chosen loss."""
 
-    loss: str = "mnrl"
+    loss: str = "mnrl"  # mnrl | cached_mnrl | triplet | gist
+    num_negatives: int = 1  # hard-negative columns fed to the loss (<= mining.num_negatives)
+    mini_batch_size: int = 16  # cached_mnrl (GradCache) mini-batch
+    triplet_margin: float = 5.0  # triplet loss (euclidean) margin, as in sentence-transformers
+    matryoshka_dims: list[int] = field(default_factory=list)  # non-empty: wrap the loss in MatryoshkaLoss
+    gather_across_devices: bool = True  # in-batch negatives from every rank
     learning_rate: float = 2e-5
-    batch_size: int = 32
-    epochs: int = 1
-    warmup: float = 0.1
+    batch_size: int = 32  # per device
+    gradient_accumulation_steps: int = 1
+    epochs: float = 1.0
     max_steps: int = -1
+    warmup: float = 0.1  # fraction of steps (transformers 5 takes a fractional warmup_steps)
+    weight_decay: float = 0.01
+    scheduler: str = "linear"
+    precision: str = "auto"  # auto (bf16 where supported, else fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    logging_steps: int = 10
+    eval_steps: int = 100
+    save_steps: int = 100
+    save_total_limit: int = 2
+    early_stopping_patience: int | None = None  # evaluations without dev nDCG@10 improvement
+    dev_corpus_size: int = 5000  # dev positives + their mined negatives + a random sample
+    dataloader_workers: int = 0
+    resume: bool = False  # continue from the last checkpoint (optimizer, scheduler, RNG, data position)
 
 
 @dataclass
@@ -173,6 +223,7 @@ class RootConfig:
     stages: list[str] = field(default_factory=lambda: ["audit", "baseline"])
     force: bool = False
     seed: int = 42
+    device: str = "auto"  # where models encode and train: auto | cpu | cuda
     cache_dir: str = "${oc.env:DOMAIN_EMBED_CACHE,${oc.env:HOME,.}/.cache/domain_embed}"
     verbose: bool = False
     run_dir: str = "${hydra:runtime.output_dir}"

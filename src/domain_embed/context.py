@@ -48,7 +48,7 @@ class RunContext:
 
     def make_embedder(self, model_cfg) -> Embedder:
         caps = [v for v in (model_cfg.max_seq_length, self.cfg.budget.max_seq_length) if v]
-        return Embedder(model_cfg, cache_dir=self.cache_dir, device=self.cfg.eval.device,
+        return Embedder(model_cfg, cache_dir=self.cache_dir, device=self.cfg.device,
                         batch_size=self.cfg.eval.batch_size, max_seq_length=min(caps) if caps else None,
                         cache_dtype=self.cfg.eval.cache_dtype)
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from domain_embed.config import SearchConfig
 from domain_embed.errors import ConfigError
 from domain_embed.retrieval.search import choose_backend, search, search_documents
 
@@ -21,7 +22,7 @@ def _brute(q, d, k):
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
 def test_exact_search_matches_brute_force(backend):
     q, d = _data()
-    res = search(q, d, 10, backend=backend, device="cpu", query_block=8)  # several query blocks
+    res = search(q, d, 10, SearchConfig(backend=backend, device="cpu", query_block=8))  # several query blocks
     ref_s, ref_i = _brute(q, d, 10)
     np.testing.assert_array_equal(res.indices, ref_i)
     np.testing.assert_allclose(res.scores, ref_s, rtol=1e-5, atol=1e-5)
@@ -33,13 +34,13 @@ def test_torch_backend_merges_corpus_blocks(monkeypatch):
 
     monkeypatch.setattr(mod, "_CORPUS_BLOCK", 64)  # 501 docs -> 8 blocks, top-k merged across them
     q, d = _data()
-    res = search(q, d, 20, backend="torch", device="cpu")
+    res = search(q, d, 20, SearchConfig(backend="torch", device="cpu"))
     np.testing.assert_array_equal(res.indices, _brute(q, d, 20)[1])
 
 
 def test_k_is_clipped_to_corpus_size():
     q, d = _data(nd=5)
-    assert search(q, d, 100, backend="faiss", device="cpu").indices.shape == (37, 5)
+    assert search(q, d, 100, SearchConfig(backend="faiss", device="cpu")).indices.shape == (37, 5)
 
 
 def test_backend_choice_and_impossible_requests():
@@ -61,7 +62,7 @@ def test_search_documents_scores_a_document_by_its_best_window():
     parents[:n_docs] = np.arange(n_docs)  # every document has at least one window
     parents = np.sort(parents)
     q, w = _data(nq=11, nd=len(parents), seed=2)
-    res = search_documents(q, w, parents, n_docs, 15, backend="faiss", device="cpu")
+    res = search_documents(q, w, parents, n_docs, 15, SearchConfig(backend="faiss", device="cpu"))
     s = q @ w.T
     doc_scores = np.full((len(q), n_docs), -np.inf, dtype=np.float32)
     for j, p in enumerate(parents):

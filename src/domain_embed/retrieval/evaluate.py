@@ -43,8 +43,7 @@ def evaluate_dense(name: str, embedder: Embedder, data: DomainData, windows: Win
     corpus = embedder.encode_documents(windows.texts(documents))
     _, query_texts, _ = data.split(split)
     queries = embedder.encode_queries(query_texts)
-    res = search_documents(queries, corpus, windows.parents, len(documents), max(cfg.k_values),
-                           backend=cfg.search_backend, device=cfg.device, query_block=cfg.query_block)
+    res = search_documents(queries, corpus, windows.parents, len(documents), max(cfg.k_values), cfg.search)
     return _score(name, data, split, res.indices, res.scores, res.backend, cfg.k_values)
 
 

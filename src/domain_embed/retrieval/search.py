@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from domain_embed.config import SearchConfig
 from domain_embed.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,17 @@ def choose_backend(backend: str, device: str, k: int) -> str:
     return "faiss-cpu" if faiss is not None else "torch-cpu"
 
 
-def search(queries: np.ndarray, corpus: np.ndarray, k: int, *, backend: str = "auto", device: str = "auto",
-           query_block: int = 4096) -> SearchResult:
+def search(queries: np.ndarray, corpus: np.ndarray, k: int, cfg: SearchConfig | None = None) -> SearchResult:
     """Top-k by inner product (cosine when both sides are normalised)."""
+    cfg = cfg or SearchConfig()
     k = min(k, corpus.shape[0])
-    chosen = choose_backend(backend, device, k)
+    chosen = choose_backend(cfg.backend, cfg.device, k)
     if chosen.startswith("faiss"):
         scores, indices, label = _search_faiss(queries, corpus, k, gpu=chosen == "faiss-gpu",
-                                               query_block=query_block)
+                                               query_block=cfg.query_block)
     else:
         scores, indices, label = _search_torch(queries, corpus, k, device="cuda" if chosen == "torch-cuda"
-                                               else "cpu", query_block=query_block)
+                                               else "cpu", query_block=cfg.query_block)
     log.info("search: %d queries x %d docs, k=%d, backend=%s", len(queries), corpus.shape[0], k, label)
     return SearchResult(scores, indices, label)
 
@@ -125,15 +126,15 @@ def _search_torch(queries, corpus, k, *, device: str, query_block: int):
 
 
 def search_documents(queries: np.ndarray, windows: np.ndarray, parents: np.ndarray, n_docs: int, k: int,
-                     **kwargs) -> SearchResult:
+                     cfg: SearchConfig | None = None) -> SearchResult:
     """Top-k documents when documents are split into windows: a document scores its best window.
 
     Retrieving k + (windows - documents) windows guarantees k distinct documents, so the result is
     exact, not an approximation by over-fetching."""
     if len(parents) == n_docs:
-        return search(queries, windows, k, **kwargs)
+        return search(queries, windows, k, cfg)
     k = min(k, n_docs)
-    hits = search(queries, windows, min(len(parents), k + len(parents) - n_docs), **kwargs)
+    hits = search(queries, windows, min(len(parents), k + len(parents) - n_docs), cfg)
     scores = np.empty((len(queries), k), dtype=np.float32)
     indices = np.empty((len(queries), k), dtype=np.int64)
     for row in range(len(queries)):
