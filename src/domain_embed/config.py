@@ -136,7 +136,7 @@ class MiningConfig:
     """Hard-negative mining rules; every rule is counted in triplets/mining_meta.json."""
 
     range_min: int = 0  # skip the first ranks (likely unlabelled positives)
-    range_max: int = 50  # look no deeper than this rank
+    range_max: int = 100  # look no deeper than this rank
     relative_margin: float | None = 0.05  # keep negatives scoring below (1 - m) x lowest positive score
     absolute_margin: float | None = None  # keep negatives scoring below lowest positive score - m
     max_score: float | None = None  # drop candidates scoring above this

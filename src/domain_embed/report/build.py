@@ -11,7 +11,7 @@ from domain_embed.context import RunContext
 from domain_embed.report.markdown import render_markdown
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
-_STAGE_ORDER = ("audit", "baseline")
+_STAGE_ORDER = ("audit", "baseline", "mine", "triplets")
 
 
 def build_report(ctx: RunContext, ran: list[str]) -> dict:
@@ -42,6 +42,9 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
             report[key].update(base["systems" if key == "metrics" else key])
     if report["data"]["split_overlap"]:
         report["warnings"].append(f"queries appear in more than one split: {report['data']['split_overlap']}")
+    if "triplets" in manifests:
+        report["mining"] = read_json(rd.stage_dir("triplets") / "mining_meta.json")
+        report["warnings"] += [f"mining: {w}" for w in report["mining"]["warnings"]]
     if data.skips.skipped:
         report["warnings"].append(f"{len(data.skips.skipped)} bad input records were skipped "
                                   "(data.on_error=skip); see data.skipped")

@@ -47,6 +47,20 @@ def _audit(audit: dict) -> str:
             f"`data.truncation={audit['truncation']}`.\n\n{table}\n\n**Truncation:** {audit['truncated']['note']}.")
 
 
+def _mining(m: dict) -> str:
+    p = m["parameters"]
+    rows = [[rule, str(n)] for rule, n in m["dropped_by_rule"].items()]
+    split = m["split"]
+    return (f"Ranks {p['range_min']}..{p['range_max']} of the base model ({m['backend']}), relative margin "
+            f"{p['relative_margin']}, absolute margin {p['absolute_margin']}, max score {p['max_score']}, "
+            f"{p['num_negatives']} negatives per pair ({p['sampling']}). {m['candidates']} candidates, "
+            f"{m['kept_before_sampling']} passed every rule, {m['negatives_chosen']} chosen.\n\n"
+            + _table(["rule", "candidates removed"], rows)
+            + f"\n\nTriplets: {split['train_rows']} train, {split['dev_rows']} dev (dev from {split['dev_source']}; "
+            f"{split['dev_rows_dropped_for_leakage']} dev rows dropped because their query or positive is in train); "
+            f"{m['pairs_without_negative']} pairs had no negative left.")
+
+
 def render_markdown(report: dict) -> str:
     run, data = report["run"], report["data"]
     out = [f"# domain-embed report: {run['model']} on {data['source']}", "",
@@ -65,4 +79,6 @@ def render_markdown(report: dict) -> str:
     if report["comparisons"]:
         out += ["", "## Paired comparisons", "", "Paired bootstrap CI of the difference and a paired "
                 "randomization test over the same queries.", "", _comparisons(report)]
+    if "mining" in report:
+        out += ["", "## Hard negatives", "", _mining(report["mining"])]
     return "\n".join(out) + "\n"

@@ -1,0 +1,76 @@
+"""Stage `mine`: hard negatives for the train/dev queries from the base model's cached embeddings.
+
+Performs no corpus encoding of its own: the corpus vectors come from the cache the baseline filled.
+Writes mine/mined.jsonl (one query per line) and mine/stats.json (parameters, rule counts, backend)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from domain_embed.context import RunContext
+from domain_embed.rundir import atomic_write_json, atomic_write_text
+from domain_embed.stages.base import Stage, register
+from domain_embed.tuning.mining import mine_hard_negatives
+
+
+def mined_splits(ctx: RunContext) -> list[str]:
+    return [s for s in ctx.cfg.mining.splits if s in ctx.data.qrels]
+
+
+def mined_queries(ctx: RunContext) -> tuple[list[str], list[str], np.ndarray]:
+    """Query ids, their split, and their (cached) embeddings, split after split."""
+    ids, splits, embs = [], [], []
+    for split in mined_splits(ctx):
+        qids, texts, _ = ctx.data.split(split)
+        ids += qids
+        splits += [split] * len(qids)
+        embs.append(np.asarray(ctx.embedder.encode_queries(texts)))
+    return ids, splits, np.concatenate(embs) if embs else np.empty((0, 0), dtype=np.float32)
+
+
+def _inputs(ctx: RunContext) -> dict:
+    return {"audit": ctx.run_dir.manifest("audit")["key"], "model": ctx.embedder.fingerprint,
+            "mining": dataclasses.asdict(ctx.cfg.mining), "seed": ctx.cfg.seed,
+            "query_prompt": ctx.cfg.model.query_prompt}
+
+
+def _rescorer(ctx: RunContext, query_ids: list[str]):
+    name = ctx.cfg.mining.rescorer
+    if not name:
+        return None
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(name, device=None if ctx.cfg.device == "auto" else ctx.cfg.device,
+                         trust_remote_code=ctx.cfg.model.trust_remote_code)
+    queries, documents = ctx.data.queries, ctx.documents
+
+    def rescore(row: int, docs: list[int]) -> np.ndarray:
+        pairs = [(queries[query_ids[row]], documents[d]) for d in docs]
+        return model.predict(pairs, batch_size=ctx.cfg.mining.rescorer_batch_size, show_progress_bar=False,
+                             activation_fn=None)
+
+    return rescore
+
+
+def _run(ctx: RunContext, out: Path, extras: dict) -> None:
+    before = ctx.embedder.stats.corpus_encodes
+    windows = ctx.windows()
+    window_emb = ctx.embedder.encode_documents(windows.texts(ctx.documents))
+    query_ids, query_splits, query_emb = mined_queries(ctx)
+    result = mine_hard_negatives(
+        query_ids=query_ids, query_splits=query_splits, query_emb=query_emb, window_emb=window_emb,
+        parents=windows.parents, corpus_ids=ctx.data.corpus_ids, documents=ctx.documents,
+        mined_qrels={s: ctx.data.qrels[s] for s in mined_splits(ctx)}, all_qrels=ctx.data.qrels,
+        cfg=ctx.cfg.mining, seed=ctx.cfg.seed, rescore=_rescorer(ctx, query_ids))
+    atomic_write_text(out / "mined.jsonl", "".join(json.dumps(dataclasses.asdict(q)) + "\n"
+                                                   for q in result.queries))
+    atomic_write_json(out / "stats.json", {"parameters": dataclasses.asdict(ctx.cfg.mining),
+                                           "splits": mined_splits(ctx), **result.stats()})
+    extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
+
+
+register(Stage("mine", requires=("baseline",), inputs=_inputs, run=_run))

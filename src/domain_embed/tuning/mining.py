@@ -1,0 +1,175 @@
+"""Hard-negative mining: candidates from the base model's ranking, purged of likely false negatives.
+
+A hard negative that is really a positive teaches the model the wrong geometry, so every rule that
+removes a candidate is explicit, configurable and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from domain_embed.config import MiningConfig
+from domain_embed.data.domain import Qrels
+from domain_embed.errors import ConfigError, DataError
+from domain_embed.retrieval.search import search_documents
+
+log = logging.getLogger(__name__)
+
+# the order rules are applied in: a candidate is counted under the first rule that removes it
+RULES = ("rank_window", "labelled_positive", "same_text", "max_score", "absolute_margin", "relative_margin",
+         "rescorer")
+
+
+def normalise_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+@dataclass
+class MinedQuery:
+    query_id: str
+    split: str
+    positive_ids: list[str]
+    positive_scores: list[float]
+    negative_ids: list[str]  # chosen, best first (or sampled), at most num_negatives
+    negative_scores: list[float]
+
+
+@dataclass
+class MiningResult:
+    queries: list[MinedQuery]
+    dropped: Counter = field(default_factory=Counter)  # rule -> candidates removed
+    candidates: int = 0
+    kept_before_sampling: int = 0
+    backend: str = ""
+
+    def stats(self) -> dict:
+        pos = np.array([s for q in self.queries for s in q.positive_scores], dtype=np.float64)
+        neg = np.array([s for q in self.queries for s in q.negative_scores], dtype=np.float64)
+        summary = {"candidates": self.candidates, "dropped_by_rule": {r: self.dropped.get(r, 0) for r in RULES},
+                   "kept_before_sampling": self.kept_before_sampling, "negatives_chosen": int(neg.size),
+                   "queries": len(self.queries),
+                   "queries_without_negative": sum(not q.negative_ids for q in self.queries),
+                   "backend": self.backend}
+        for name, values in (("positive_scores", pos), ("negative_scores", neg)):
+            if values.size:
+                summary[name] = {"mean": float(values.mean()), "p5": float(np.percentile(values, 5)),
+                                 "p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95))}
+        worst = max(RULES, key=lambda r: self.dropped.get(r, 0))
+        summary["rule_removing_most"] = worst if self.dropped.get(worst, 0) else None
+        return summary
+
+
+def _labelled_positives(all_qrels: dict[str, Qrels]) -> dict[str, set[str]]:
+    """Every document labelled relevant for a query in any split: never a negative for that query."""
+    out: dict[str, set[str]] = {}
+    for qrels in all_qrels.values():
+        for qid, rel in qrels.items():
+            out.setdefault(qid, set()).update(d for d, s in rel.items() if s > 0)
+    return out
+
+
+def check_config(cfg: MiningConfig) -> None:
+    if not 0 <= cfg.range_min < cfg.range_max:
+        raise ConfigError(f"mining.range_min={cfg.range_min} must be >= 0 and < mining.range_max={cfg.range_max}")
+    if cfg.sampling not in ("top", "random"):
+        raise ConfigError(f"mining.sampling={cfg.sampling!r}: expected top or random")
+    if cfg.num_negatives < 1:
+        raise ConfigError("mining.num_negatives must be >= 1")
+    if cfg.relative_margin is not None and not 0 <= cfg.relative_margin < 1:
+        raise ConfigError("mining.relative_margin must be in [0, 1)")
+
+
+def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_emb: np.ndarray,
+                        window_emb: np.ndarray, parents: np.ndarray, corpus_ids: list[str], documents: list[str],
+                        mined_qrels: dict[str, Qrels], all_qrels: dict[str, Qrels], cfg: MiningConfig,
+                        seed: int, rescore=None) -> MiningResult:
+    """Mines negatives for each query from ranks [range_min, range_max) of the base model.
+
+    `rescore(query_index, doc_positions) -> np.ndarray` (optional) returns cross-encoder scores; a
+    candidate scoring above `cfg.rescorer_threshold` is dropped as a likely unlabelled positive."""
+    check_config(cfg)
+    doc_pos = {d: i for i, d in enumerate(corpus_ids)}
+    labelled = _labelled_positives(all_qrels)
+    windows_of = windows_by_doc(parents)
+    hits = search_documents(query_emb, window_emb, parents, len(corpus_ids), cfg.range_max, cfg.search)
+    rng = random.Random(seed)
+    result = MiningResult(queries=[], backend=hits.backend)
+    for row, (qid, split) in enumerate(zip(query_ids, query_splits, strict=True)):
+        positives = [d for d, s in mined_qrels[split].get(qid, {}).items() if s > 0]
+        if not positives:
+            raise DataError(f"query '{qid}' has no positive in split '{split}'", field="qrels")
+        missing = [d for d in positives if d not in doc_pos]
+        if missing:
+            raise DataError(f"positive '{missing[0]}' of query '{qid}' is not in the corpus", field="qrels")
+        pos_idx = np.array([doc_pos[d] for d in positives])
+        pos_scores = _doc_scores(query_emb[row], window_emb, windows_of, pos_idx)
+        floor = float(pos_scores.min())
+        positive_texts = {normalise_text(documents[i]) for i in pos_idx}
+        kept_idx, kept_scores = [], []
+        for rank, (doc, score) in enumerate(zip(hits.indices[row], hits.scores[row], strict=True)):
+            result.candidates += 1
+            rule = _first_rule(rank, corpus_ids[doc], float(score), cfg, labelled.get(qid, set()), floor,
+                               documents[doc], positive_texts)
+            if rule:
+                result.dropped[rule] += 1
+                continue
+            kept_idx.append(int(doc))
+            kept_scores.append(float(score))
+        if rescore is not None and kept_idx:
+            ce = np.asarray(rescore(row, kept_idx))
+            keep = ce <= cfg.rescorer_threshold
+            result.dropped["rescorer"] += int((~keep).sum())
+            kept_idx = [d for d, k in zip(kept_idx, keep, strict=True) if k]
+            kept_scores = [s for s, k in zip(kept_scores, keep, strict=True) if k]
+        result.kept_before_sampling += len(kept_idx)
+        chosen = list(range(len(kept_idx)))
+        if cfg.sampling == "random" and len(chosen) > cfg.num_negatives:
+            chosen = sorted(rng.sample(chosen, cfg.num_negatives))
+        chosen = chosen[:cfg.num_negatives]
+        result.queries.append(MinedQuery(qid, split, positives, pos_scores.tolist(),
+                                         [corpus_ids[kept_idx[i]] for i in chosen], [kept_scores[i] for i in chosen]))
+    log.info("mining: %d queries, %d candidates, dropped %s, backend %s", len(query_ids), result.candidates,
+             dict(result.dropped), hits.backend)
+    return result
+
+
+def _first_rule(rank: int, doc_id: str, score: float, cfg: MiningConfig, labelled: set[str], floor: float,
+                text: str, positive_texts: set[str]) -> str | None:
+    if rank < cfg.range_min:
+        return "rank_window"
+    if doc_id in labelled:
+        return "labelled_positive"
+    if cfg.exclude_same_text and normalise_text(text) in positive_texts:
+        return "same_text"
+    if cfg.max_score is not None and score > cfg.max_score:
+        return "max_score"
+    if cfg.absolute_margin is not None and score > floor - cfg.absolute_margin:
+        return "absolute_margin"
+    if cfg.relative_margin is not None and score > floor * (1 - cfg.relative_margin):
+        return "relative_margin"
+    return None
+
+
+def windows_by_doc(parents: np.ndarray) -> list[np.ndarray]:
+    order = np.argsort(parents, kind="stable")
+    bounds = np.searchsorted(parents[order], np.arange(int(parents.max()) + 2))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+
+def _doc_scores(query: np.ndarray, window_emb: np.ndarray, windows_of: list[np.ndarray],
+                docs: np.ndarray) -> np.ndarray:
+    """A document's score is its best window's, as in evaluation."""
+    q = np.asarray(query, dtype=np.float32)
+    return np.array([float((np.asarray(window_emb[windows_of[d]], dtype=np.float32) @ q).max()) for d in docs])
+
+
+def best_window(query: np.ndarray, window_emb: np.ndarray, windows_of: list[np.ndarray], doc: int) -> int:
+    """The window of `doc` closest to the query: the text a triplet uses for a long document."""
+    w = windows_of[doc]
+    return int(w[np.argmax(np.asarray(window_emb[w], dtype=np.float32) @ np.asarray(query, dtype=np.float32))])

@@ -1,0 +1,79 @@
+"""Stages mine + triplets on the tiny BEIR set: one corpus encode, no labelled positive as negative."""
+
+import json
+import shutil
+
+import pytest
+from datasets import DatasetDict
+
+from domain_embed.context import RunContext
+from domain_embed.pipeline import run_pipeline
+
+
+@pytest.fixture
+def overrides(tiny_beir, tiny_model, tmp_path):
+    return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", "eval.batch_size=16",
+            f"cache_dir={tmp_path / 'cache'}", "stages=[audit,baseline,mine,triplets]"]
+
+
+def _labelled(beir):
+    out = {}
+    for split in ("train", "dev", "test"):
+        for line in list((beir / "qrels" / f"{split}.tsv").open())[1:]:
+            q, d, _ = line.split("\t")
+            out.setdefault(q, set()).add(d)
+    return out
+
+
+def test_mine_and_triplets_write_dataset_and_meta(make_config, overrides, tmp_path, tiny_beir):
+    run = tmp_path / "run"
+    report = run_pipeline(RunContext(make_config(run, *overrides, "mining.relative_margin=null"), run))
+    assert report["cost"]["corpus_encodes"] == 1  # mining reused the baseline's corpus vectors
+    assert json.loads((run / "mine" / "manifest.json").read_text())["cost"]["corpus_encodes"] == 0
+    data = DatasetDict.load_from_disk(str(run / "triplets" / "dataset"))
+    assert len(data["train"]) == 10 and len(data["dev"]) == 10  # one positive per train/dev query
+    labelled = _labelled(tiny_beir)
+    for split in ("train", "dev"):
+        for row in data[split]:
+            assert row["negative_ids"] and not set(row["negative_ids"]) & labelled[row["query_id"]]
+            assert len(row["negatives"]) == len(row["negative_scores"]) == len(row["negative_ids"])
+    assert not {r["query_id"] for r in data["train"]} & {r["query_id"] for r in data["dev"]}
+    mnrl = DatasetDict.load_from_disk(str(run / "triplets" / "mnrl"))
+    assert mnrl["train"].column_names == ["anchor", "positive", "negative_1"]
+    meta = json.loads((run / "triplets" / "mining_meta.json").read_text())
+    assert meta["parameters"]["range_max"] == 100 and meta["backend"] == "faiss-cpu"
+    assert meta["dropped_by_rule"]["labelled_positive"] >= 20  # each mined query's own positive
+    assert meta["warnings"] and "500" in meta["warnings"][0]
+    assert (run / "triplets" / "scores.png").stat().st_size > 1000
+    assert report["mining"]["split"]["train_rows"] == 10 and "Hard negatives" in (run / "report.md").read_text()
+
+
+def test_long_document_contributes_a_window_that_fits(make_config, overrides, tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    run = tmp_path / "run"
+    run_pipeline(RunContext(make_config(run, *overrides, "mining.relative_margin=null",
+                                        "mining.num_negatives=60"), run))
+    data = DatasetDict.load_from_disk(str(run / "triplets" / "dataset"))
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    texts = [t for split in data.values() for row in split for t in row["negatives"]]
+    assert any("clause" in t for t in texts)  # the long document d7 was mined
+    assert max(len(tok(t)["input_ids"]) for t in texts) <= 64
+
+
+def test_rescorer_with_a_tiny_cross_encoder(make_config, overrides, tmp_path, tiny_model):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    ce_dir = tmp_path / "ce"
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, num_labels=1)
+    BertForSequenceClassification(cfg).save_pretrained(ce_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(next(tiny_model.parent.rglob(name)), ce_dir / name)
+    run = tmp_path / "run"
+    strict = run_pipeline(RunContext(make_config(run, *overrides, "mining.relative_margin=null",
+                                                 f"mining.rescorer={ce_dir}", "mining.rescorer_threshold=-100"), run))
+    assert strict["mining"]["dropped_by_rule"]["rescorer"] > 0  # every candidate scores above -100
+    assert strict["mining"]["negatives_chosen"] == 0
