@@ -142,6 +142,9 @@ class MiningConfig:
     max_score: float | None = None  # drop candidates scoring above this
     num_negatives: int = 5  # per (query, positive) pair
     sampling: str = "top"  # top | random (within the window, after the rules)
+    # when fewer than num_negatives survive the window (the positive ranks deep, so every close
+    # candidate beats it), fill from random corpus documents that pass the same rules
+    fill_random: bool = True
     exclude_same_text: bool = True  # drop candidates whose normalised text equals a positive's
     splits: list[str] = field(default_factory=lambda: ["train", "dev"])  # queries mined
     dev_split: str = "dev"  # triplets of this split form the training-time dev set

@@ -55,9 +55,17 @@ def test_default_rules_keep_only_true_hard_negatives():
 
 def test_rank_window_skips_the_top_ranks():
     # ranks: other_split_pos, same_text, pos, too_close, hard1, hard2, hard3, easy
-    res = _mine(_cfg(range_min=5, range_max=7, num_negatives=5, relative_margin=None))
+    res = _mine(_cfg(range_min=5, range_max=7, num_negatives=5, relative_margin=None, fill_random=False))
     assert res.queries[0].negative_ids == ["hard2", "hard3"]
     assert res.dropped["rank_window"] == 5 and res.candidates == 7
+
+
+def test_random_fill_tops_up_with_documents_that_pass_the_rules():
+    res = _mine(_cfg(range_max=5, num_negatives=3))  # window: hard1 only passes
+    q = res.queries[0]
+    assert q.negative_ids[0] == "hard1" and set(q.negative_ids[1:]) <= {"hard2", "hard3", "easy"}
+    assert len(q.negative_ids) == 3 and res.random_fill == 2
+    assert res.stats()["negatives_random_fill"] == 2
 
 
 def test_absolute_margin_and_max_score():

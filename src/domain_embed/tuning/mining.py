@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # the order rules are applied in: a candidate is counted under the first rule that removes it
 RULES = ("rank_window", "labelled_positive", "same_text", "max_score", "absolute_margin", "relative_margin",
          "rescorer")
+_FILL_TRIES = 4  # random draws per missing negative before giving up
 
 
 def normalise_text(text: str) -> str:
@@ -46,6 +47,7 @@ class MiningResult:
     dropped: Counter = field(default_factory=Counter)  # rule -> candidates removed
     candidates: int = 0
     kept_before_sampling: int = 0
+    random_fill: int = 0  # negatives drawn at random because the window had too few
     backend: str = ""
 
     def stats(self) -> dict:
@@ -53,6 +55,7 @@ class MiningResult:
         neg = np.array([s for q in self.queries for s in q.negative_scores], dtype=np.float64)
         summary = {"candidates": self.candidates, "dropped_by_rule": {r: self.dropped.get(r, 0) for r in RULES},
                    "kept_before_sampling": self.kept_before_sampling, "negatives_chosen": int(neg.size),
+                   "negatives_random_fill": self.random_fill,
                    "queries": len(self.queries),
                    "queries_without_negative": sum(not q.negative_ids for q in self.queries),
                    "backend": self.backend}
@@ -111,32 +114,61 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
         pos_scores = _doc_scores(query_emb[row], window_emb, windows_of, pos_idx)
         floor = float(pos_scores.min())
         positive_texts = {normalise_text(documents[i]) for i in pos_idx}
-        kept_idx, kept_scores = [], []
-        for rank, (doc, score) in enumerate(zip(hits.indices[row], hits.scores[row], strict=True)):
-            result.candidates += 1
-            rule = _first_rule(rank, corpus_ids[doc], float(score), cfg, labelled.get(qid, set()), floor,
-                               documents[doc], positive_texts)
-            if rule:
-                result.dropped[rule] += 1
-                continue
-            kept_idx.append(int(doc))
-            kept_scores.append(float(score))
-        if rescore is not None and kept_idx:
-            ce = np.asarray(rescore(row, kept_idx))
-            keep = ce <= cfg.rescorer_threshold
-            result.dropped["rescorer"] += int((~keep).sum())
-            kept_idx = [d for d, k in zip(kept_idx, keep, strict=True) if k]
-            kept_scores = [s for s, k in zip(kept_scores, keep, strict=True) if k]
+
+        def rules(rank: int, doc: int, score: float, qid=qid, floor=floor, positive_texts=positive_texts):
+            return _first_rule(rank, corpus_ids[doc], score, cfg, labelled.get(qid, set()), floor, documents[doc],
+                               positive_texts)
+
+        kept_idx, kept_scores = _apply_rules(row, list(hits.indices[row]), list(hits.scores[row]), rules, rescore,
+                                             cfg, result, count=True)
         result.kept_before_sampling += len(kept_idx)
         chosen = list(range(len(kept_idx)))
         if cfg.sampling == "random" and len(chosen) > cfg.num_negatives:
             chosen = sorted(rng.sample(chosen, cfg.num_negatives))
-        chosen = chosen[:cfg.num_negatives]
+        neg_idx = [kept_idx[i] for i in chosen[:cfg.num_negatives]]
+        neg_scores = [kept_scores[i] for i in chosen[:cfg.num_negatives]]
+        short = cfg.num_negatives - len(neg_idx)
+        if short and cfg.fill_random:
+            seen = set(hits.indices[row].tolist())
+            n_draws = min(len(corpus_ids), short * _FILL_TRIES + len(seen))
+            draws = [d for d in rng.sample(range(len(corpus_ids)), n_draws) if d not in seen]
+            scores = _doc_scores(query_emb[row], window_emb, windows_of, np.array(draws, dtype=np.int64))
+
+            def fill_rules(_rank: int, doc: int, score: float, rules=rules):
+                return rules(cfg.range_min, doc, score)  # drawn documents have no rank: only the other rules
+
+            fill_idx, fill_scores = _apply_rules(row, draws, scores.tolist(), fill_rules, rescore, cfg, result,
+                                                 count=False)
+            neg_idx += fill_idx[:short]
+            neg_scores += fill_scores[:short]
+            result.random_fill += len(fill_idx[:short])
         result.queries.append(MinedQuery(qid, split, positives, pos_scores.tolist(),
-                                         [corpus_ids[kept_idx[i]] for i in chosen], [kept_scores[i] for i in chosen]))
+                                         [corpus_ids[d] for d in neg_idx], neg_scores))
     log.info("mining: %d queries, %d candidates, dropped %s, backend %s", len(query_ids), result.candidates,
              dict(result.dropped), hits.backend)
     return result
+
+
+def _apply_rules(row: int, docs: list[int], scores: list[float], rules, rescore, cfg: MiningConfig,
+                 result: MiningResult, *, count: bool) -> tuple[list[int], list[float]]:
+    """Candidates that pass every rule (and the rescorer), in their given order."""
+    kept_idx, kept_scores = [], []
+    for rank, (doc, score) in enumerate(zip(docs, scores, strict=True)):
+        rule = rules(rank, int(doc), float(score))
+        if count:
+            result.candidates += 1
+            if rule:
+                result.dropped[rule] += 1
+        if not rule:
+            kept_idx.append(int(doc))
+            kept_scores.append(float(score))
+    if rescore is not None and kept_idx:
+        keep = np.asarray(rescore(row, kept_idx)) <= cfg.rescorer_threshold
+        if count:
+            result.dropped["rescorer"] += int((~keep).sum())
+        kept_idx = [d for d, k in zip(kept_idx, keep, strict=True) if k]
+        kept_scores = [s for s, k in zip(kept_scores, keep, strict=True) if k]
+    return kept_idx, kept_scores
 
 
 def _first_rule(rank: int, doc_id: str, score: float, cfg: MiningConfig, labelled: set[str], floor: float,
