@@ -19,7 +19,7 @@ def _train(cwd, *args, timeout=300):
 @pytest.fixture
 def args(tiny_beir, tiny_model, tmp_path):
     return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
-            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}"]
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", "stages=[audit,baseline]"]
 
 
 def test_main_job_runs_from_any_directory_and_resumes(args, tmp_path):

@@ -18,7 +18,7 @@ def test_baseline_ndcg_matches_independent_exact_search(shared_data, make_config
     obliqa = shared_data / "legal" / "obliqa"
     cfg = make_config(tmp_path / "run", "+domain=beir", f"data.path={obliqa}", "data.truncation=warn",
                       "budget.max_queries=60", "budget.max_corpus=600", "model.max_seq_length=128",
-                      f"cache_dir={tmp_path / 'cache'}")
+                      f"cache_dir={tmp_path / 'cache'}", "stages=[audit,baseline]")
     ctx = RunContext(cfg, tmp_path / "run")
     report = run_pipeline(ctx)
 

@@ -10,7 +10,7 @@ from domain_embed.pipeline import plan, run_pipeline
 @pytest.fixture
 def overrides(tiny_beir, tiny_model, tmp_path):
     return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", "eval.batch_size=16",
-            f"cache_dir={tmp_path / 'cache'}"]
+            f"cache_dir={tmp_path / 'cache'}", "stages=[audit,baseline]"]
 
 
 def _run(make_config, run_dir, *overrides):

@@ -119,6 +119,16 @@ class SearchConfig:
 
 
 @dataclass
+class OodConfig:
+    """Forgetting check: base vs tuned on another domain's test split (a slice keeps it cheap)."""
+
+    path: str | None = None  # a BEIR directory of another domain; None skips the check
+    split: str = "test"
+    max_queries: int | None = 300
+    max_corpus: int | None = 3000
+
+
+@dataclass
 class EvalConfig:
     split: str = "test"
     k_values: list[int] = field(default_factory=lambda: [1, 5, 10, 100])
@@ -129,6 +139,9 @@ class EvalConfig:
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
     bm25: BM25Config = field(default_factory=BM25Config)
+    ood: OodConfig = field(default_factory=OodConfig)
+    adopt_min_recall_gain: float = 0.05  # the article: adopt when Recall gains > 5 points and the CI excludes 0
+    decision_metric: str = "recall@10"
 
 
 @dataclass
@@ -211,7 +224,6 @@ class BudgetConfig:
     name: str = "full"
     max_queries: int | None = None  # per split
     max_corpus: int | None = None  # positives of kept queries are always kept
-    max_seq_length: int | None = None  # caps model.max_seq_length when set
 
 
 @dataclass
@@ -223,7 +235,8 @@ class RootConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-    stages: list[str] = field(default_factory=lambda: ["audit", "baseline"])
+    stages: list[str] = field(default_factory=lambda: ["audit", "baseline", "mine", "triplets", "finetune",
+                                                       "evaluate"])
     force: bool = False
     seed: int = 42
     device: str = "auto"  # where models encode and train: auto | cpu | cuda

@@ -47,10 +47,8 @@ class RunContext:
         return self.make_embedder(self.cfg.model)
 
     def make_embedder(self, model_cfg) -> Embedder:
-        caps = [v for v in (model_cfg.max_seq_length, self.cfg.budget.max_seq_length) if v]
         return Embedder(model_cfg, cache_dir=self.cache_dir, device=self.cfg.device,
-                        batch_size=self.cfg.eval.batch_size, max_seq_length=min(caps) if caps else None,
-                        cache_dtype=self.cfg.eval.cache_dtype)
+                        batch_size=self.cfg.eval.batch_size, cache_dtype=self.cfg.eval.cache_dtype)
 
     def windows(self) -> Windows:
         """The corpus view the audit decided on (whole documents, or windows in chunk mode)."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.report.build import write_report
 from domain_embed.rundir import stable_hash
 from domain_embed.stages import REGISTRY
+from domain_embed.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,17 @@ def plan(selected: list[str]) -> list[str]:
 
 def run_pipeline(ctx: RunContext) -> dict:
     """Runs the plan; returns the report. A stage is redone when forced or when its inputs changed."""
+    tracker = Tracker(ctx.cfg, ctx.run_dir.root, name=ctx.run_dir.root.name)
+    try:
+        done_now = _run_stages(ctx)
+        report = write_report(ctx, ran=done_now)
+        tracker.log_report(report, [Path(p) for p in report["plots"]])
+    finally:
+        tracker.finish()
+    return report
+
+
+def _run_stages(ctx: RunContext) -> list[str]:
     done_now: list[str] = []
     for name in plan(list(ctx.cfg.stages)):
         stage = REGISTRY[name]
@@ -50,4 +63,4 @@ def run_pipeline(ctx: RunContext) -> dict:
             stage.run(ctx, out, extras)
         log.info("stage %s: done in %.1fs", name, time.perf_counter() - t0)
         done_now.append(name)
-    return write_report(ctx, ran=done_now)
+    return done_now

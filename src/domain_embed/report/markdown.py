@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 _HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10", "precision@1")
 
 
@@ -11,7 +13,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _metric_table(report: dict) -> str:
+def metrics_table(report: dict) -> str:
     systems = report["metrics"]
     names = [m for m in _HEADLINE if any(m in v for v in systems.values())]
     rows = []
@@ -75,10 +77,35 @@ def render_markdown(report: dict) -> str:
     if report["metrics"]:
         ev = report["eval"]
         out += ["", f"## Retrieval quality ({ev['split']} split, {ev['n_queries']} queries)", "",
-                "Mean over queries, with 95% bootstrap CI.", "", _metric_table(report)]
+                "Mean over queries, with 95% bootstrap CI.", "", metrics_table(report)]
     if report["comparisons"]:
         out += ["", "## Paired comparisons", "", "Paired bootstrap CI of the difference and a paired "
                 "randomization test over the same queries.", "", _comparisons(report)]
+    if "gap_closed" in report:
+        d = report["decision"]
+        rows = [[m, f"{g['delta']:+.4f}", f"{g['relative']:.1%}" if g["relative"] is not None else "n/a",
+                 f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]", f"{g['p_value']:.4f}"]
+                for m, g in report["gap_closed"].items()]
+        out += ["", "## Gap closed by fine-tuning", "",
+                "delta = tuned - base; relative = delta / (1 - base), the share of the remaining gap closed.", "",
+                _table(["metric", "delta", "relative", "95% CI", "p"], rows), "",
+                f"**Decision: {'adopt the tuned model' if d['adopt_tuned'] else 'do not adopt yet'}.** {d['reason']}."]
+    if "training" in report:
+        t = report["training"]
+        out += ["", "## Training", "", f"{t['train_rows']} triplets, {t['global_step']} steps, "
+                f"{t['samples_per_second']:.1f} samples/s; best dev nDCG@10 {t['best_dev_ndcg@10']} "
+                f"({t['dev_queries']} dev queries, {t['dev_corpus']} dev documents)."]
+    if "mrl" in report:
+        rows = [[d, *[f"{v[s]['ndcg@10']:.4f}" for s in ("baseline", "tuned")]] for d, v in report["mrl"].items()]
+        out += ["", "## Matryoshka dimensions", "", _table(["dims", "baseline nDCG@10", "tuned nDCG@10"], rows)]
+    if "ood" in report:
+        o = report["ood"]
+        out += ["", "## Forgetting check (another domain)", "",
+                f"`{o['path']}` ({o['split']}, {o['queries']} queries, {o['documents']} documents): nDCG@10 "
+                f"{o['baseline']['ndcg@10']:.4f} -> {o['tuned']['ndcg@10']:.4f} ({o['delta']['ndcg@10']:+.4f})."]
+    if report.get("plots"):
+        out += ["", "## Plots", "", *[f"![{Path(p).stem}]({Path(p).relative_to(Path(report['run']['dir']))})"
+                                      for p in report["plots"]]]
     if "mining" in report:
         out += ["", "## Hard negatives", "", _mining(report["mining"])]
     return "\n".join(out) + "\n"

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def plot_score_distributions(positive: list[float], negative: list[float], path: Path) -> None:
+def plot_score_distributions(positive: list[float], negative: list[float], path: Path) -> Path:
     """Positive vs mined-negative similarity: overlap means false negatives or too-hard negatives."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = 40
@@ -22,8 +22,72 @@ def plot_score_distributions(positive: list[float], negative: list[float], path:
     ax.set_ylabel("density")
     if positive or negative:
         ax.legend()
-    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.tight_layout()
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     tmp.replace(path)
+    return path
+
+
+def plot_training(log_history: list[dict], path: Path) -> Path:
+    """Training loss and dev nDCG@10 over steps: where it peaked and whether it was still improving."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    loss = [(r["step"], r["loss"]) for r in log_history if "loss" in r]
+    dev = [(r["step"], r["eval_dev_cosine_ndcg@10"]) for r in log_history if "eval_dev_cosine_ndcg@10" in r]
+    if loss:
+        ax.plot(*zip(*loss, strict=True), color="tab:blue", label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train loss", color="tab:blue")
+    if dev:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*dev, strict=True), color="tab:orange", marker="o", label="dev nDCG@10")
+        ax2.set_ylabel("dev nDCG@10", color="tab:orange")
+    return _save(fig, path)
+
+
+def plot_before_after(metrics: dict[str, dict[str, float]], names: list[str], path: Path) -> Path:
+    """Grouped bars per metric, one bar per system (baseline, tuned, bm25)."""
+    import numpy as np
+
+    systems = list(metrics)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / max(1, len(systems))
+    x = np.arange(len(names))
+    for i, system in enumerate(systems):
+        values = [metrics[system].get(n, 0.0) for n in names]
+        bars = ax.bar(x + i * width, values, width, label=system)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks(x + width * (len(systems) - 1) / 2, names)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_recall_curves(metrics: dict[str, dict[str, float]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for system, values in metrics.items():
+        points = sorted((int(m.split("@")[1]), v) for m, v in values.items() if m.startswith("recall@"))
+        ax.plot(*zip(*points, strict=True), marker="o", label=system)
+    ax.set_xscale("log")
+    ax.set_xlabel("k")
+    ax.set_ylabel("Recall@k")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_mrl(mrl: dict[str, dict[str, dict[str, float]]], path: Path, metric: str = "ndcg@10") -> Path:
+    """Quality against embedding dimensions: the storage/quality cost curve of Matryoshka truncation."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    dims = sorted(mrl, key=int)
+    for system in ("baseline", "tuned"):
+        ax.plot([int(d) for d in dims], [mrl[d][system][metric] for d in dims], marker="o", label=system)
+    ax.set_xlabel("embedding dimensions")
+    ax.set_ylabel(metric)
+    ax.legend()
+    return _save(fig, path)

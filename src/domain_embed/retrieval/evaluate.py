@@ -36,13 +36,23 @@ def _score(name: str, data: DomainData, split: str, indices: np.ndarray, scores:
     return SystemResult(name, compute_metrics(ranked, qids, qrels, k_values), indices, scores, backend)
 
 
+def truncate(emb: np.ndarray, dims: int | None) -> np.ndarray:
+    """First `dims` coordinates, re-normalised: how a Matryoshka embedding is used at lower cost."""
+    if dims is None:
+        return emb
+    out = np.asarray(emb[:, :dims], dtype=np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
 def evaluate_dense(name: str, embedder: Embedder, data: DomainData, windows: Windows, split: str,
-                   cfg: EvalConfig, use_title: bool = True) -> SystemResult:
-    """Encodes the corpus windows (cached) and the split's queries, then exact search."""
+                   cfg: EvalConfig, use_title: bool = True, *, dims: int | None = None,
+                   is_corpus: bool = True) -> SystemResult:
+    """Encodes the corpus windows (cached) and the split's queries, then exact search. `is_corpus=False`
+    for a side corpus (e.g. another domain) that must not count as this run's corpus encode."""
     documents = data.documents(use_title)
-    corpus = embedder.encode_documents(windows.texts(documents))
+    corpus = truncate(embedder.encode_documents(windows.texts(documents), is_corpus=is_corpus), dims)
     _, query_texts, _ = data.split(split)
-    queries = embedder.encode_queries(query_texts)
+    queries = truncate(embedder.encode_queries(query_texts), dims)
     res = search_documents(queries, corpus, windows.parents, len(documents), max(cfg.k_values), cfg.search)
     return _score(name, data, split, res.indices, res.scores, res.backend, cfg.k_values)
 

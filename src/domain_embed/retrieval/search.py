@@ -1,14 +1,20 @@
-"""Exact inner-product top-k search: the only module that touches FAISS.
+"""Inner-product top-k search: the only module that touches FAISS.
 
-Two backends with one contract: FAISS (`IndexFlatIP`, on all visible GPUs when faiss has them) and
-torch (blocked matmul + top-k, on CUDA when present) for machines without FAISS GPU. Queries and the
-corpus are processed in blocks so memory stays bounded whatever the corpus size.
+Exact search has two backends with one contract: FAISS (`IndexFlatIP`, sharded over all visible GPUs
+when faiss has them) and torch (blocked matmul + top-k, on CUDA when present) for machines without
+FAISS GPU. Mining at scale may use FAISS IVF (`index=ivf`, optionally with product quantisation).
+The corpus may be a float16 memmap larger than RAM, so it is only ever read, converted and added in
+blocks; queries are searched in blocks so results can stream to disk (`search_to_disk`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -17,15 +23,22 @@ from domain_embed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-FAISS_GPU_MAX_K = 2048  # FAISS GPU's hard limit on k
-_CORPUS_BLOCK = 65536  # corpus rows converted/moved at a time
+FAISS_GPU_MAX_K = 2048  # FAISS GPU's hard limit on k (and on nprobe)
+_CORPUS_BLOCK = 65536  # corpus rows converted/moved/added at a time
+_MIN_TRAIN_PER_CELL = 39  # faiss k-means wants at least this many training points per centroid
+_PQ_CENTROIDS = 256  # 8-bit product quantiser: each sub-quantiser needs this many training points
+_TRAIN_SEED = 0
+_RESIDENT_FRACTION = 0.5  # torch keeps the corpus on its device only below this share of free memory
+
+BlockSearch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
 class SearchResult:
     scores: np.ndarray  # (n_queries, k) float32, best first
-    indices: np.ndarray  # (n_queries, k) int64 positions in the searched matrix
-    backend: str  # what actually ran, e.g. "faiss-cpu", "faiss-gpu(2)", "torch-cuda"
+    indices: np.ndarray  # (n_queries, k) int64 positions in the searched matrix; -1 if IVF found < k
+    backend: str  # what actually ran, e.g. "faiss-cpu", "faiss-gpu(2)", "faiss-ivf-cpu(nlist=1024,nprobe=32)"
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: train, add, search
 
 
 def _faiss():
@@ -36,93 +49,221 @@ def _faiss():
     return faiss
 
 
+def _faiss_gpus() -> int:
+    faiss = _faiss()
+    return faiss.get_num_gpus() if faiss is not None and hasattr(faiss, "get_num_gpus") else 0
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-def choose_backend(backend: str, device: str, k: int) -> str:
-    """Resolves `auto` to what this machine has; a request that cannot be met is an error."""
-    faiss = _faiss()
-    faiss_gpus = faiss.get_num_gpus() if faiss is not None and hasattr(faiss, "get_num_gpus") else 0
-    want_gpu = device == "cuda" or (device == "auto" and (faiss_gpus > 0 or _cuda_available()))
-    if device == "cuda" and not _cuda_available():
-        raise ConfigError("eval.device=cuda but no CUDA device is visible")
-    if backend == "faiss" and faiss is None:
-        raise ConfigError("search backend 'faiss' requested but faiss is not installed "
-                          "(install the 'cpu' or 'gpu' extra)")
+def choose_backend(backend: str, device: str, k: int, *, index: str = "flat", allow_cpu_fallback: bool = False) -> str:
+    """Resolves `auto` to what this machine has: faiss-cpu | faiss-gpu | torch-cpu | torch-cuda.
+
+    A GPU request (device=cuda, or auto on a machine with a GPU) that cannot be met is a ConfigError,
+    or, with allow_cpu_fallback, a WARNING naming what was asked and what runs instead."""
     if backend not in ("auto", "faiss", "torch"):
         raise ConfigError(f"unknown search backend '{backend}' (auto | faiss | torch)")
-    if backend == "torch":
-        return "torch-cuda" if want_gpu else "torch-cpu"
-    if want_gpu:
-        if faiss_gpus > 0 and k <= FAISS_GPU_MAX_K:
-            return "faiss-gpu"
-        if backend == "faiss" and faiss_gpus == 0:
-            raise ConfigError("FAISS GPU requested but this faiss build has no GPU support")
-        return "torch-cuda"  # no FAISS GPU, or k above its limit: exact search on the GPU with torch
-    return "faiss-cpu" if faiss is not None else "torch-cpu"
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown search device '{device}' (auto | cpu | cuda)")
+    if index not in ("flat", "ivf"):
+        raise ConfigError(f"unknown search index '{index}' (flat | ivf)")
+    if index == "ivf" and backend == "torch":
+        raise ConfigError("search.index=ivf needs FAISS: the torch backend only does exact search "
+                          "(set search.backend=faiss or search.index=flat)")
+    faiss = _faiss()
+    if faiss is None and (backend == "faiss" or index == "ivf"):
+        raise ConfigError(f"search backend=faiss / index={index} needs faiss, which is not installed "
+                          "(install the 'cpu' or 'gpu' extra)")
+    use_faiss = backend == "faiss" or (backend == "auto" and faiss is not None)
+    faiss_gpus, cuda = _faiss_gpus(), _cuda_available()
+    if device == "cpu" or (device == "auto" and faiss_gpus == 0 and not cuda):
+        return "faiss-cpu" if use_faiss else "torch-cpu"
+    if use_faiss and faiss_gpus > 0 and k <= FAISS_GPU_MAX_K:
+        return "faiss-gpu"
+    if cuda and index == "flat" and (backend != "faiss" or faiss_gpus > 0):
+        if faiss_gpus > 0 and use_faiss:
+            log.info("k=%d exceeds FAISS GPU's limit (%d): exact search with torch on CUDA instead", k, FAISS_GPU_MAX_K)
+        return "torch-cuda"
+    if not cuda and (faiss_gpus == 0 or not use_faiss):
+        reason = "no CUDA device is visible"
+    elif faiss_gpus == 0:
+        reason = "this faiss build has no GPU support (install the 'gpu' extra)"
+    elif index == "ivf":
+        reason = f"k={k} exceeds FAISS GPU's limit ({FAISS_GPU_MAX_K}) and the torch backend has no IVF"
+    else:
+        reason = f"k={k} exceeds FAISS GPU's limit ({FAISS_GPU_MAX_K}) and torch sees no CUDA device"
+    requested = f"search on GPU (backend={backend}, device={device}, index={index})"
+    fallback = "faiss-cpu" if use_faiss else "torch-cpu"
+    if not allow_cpu_fallback:
+        raise ConfigError(f"{requested} cannot run: {reason}; set search.device=cpu, or "
+                          f"search.allow_cpu_fallback=true to run {fallback}")
+    log.warning("%s cannot run: %s; running %s instead (search.allow_cpu_fallback=true)", requested, reason, fallback)
+    return fallback
 
 
 def search(queries: np.ndarray, corpus: np.ndarray, k: int, cfg: SearchConfig | None = None) -> SearchResult:
-    """Top-k by inner product (cosine when both sides are normalised)."""
+    """Top-k by inner product (cosine when both sides are normalised), results in RAM."""
+    return _run(queries, corpus, k, cfg, lambda _name, dtype, shape: np.empty(shape, dtype=dtype))
+
+
+def search_to_disk(queries: np.ndarray, corpus: np.ndarray, k: int, cfg: SearchConfig | None,
+                   out_dir: Path) -> SearchResult:
+    """`search` for huge query sets: results never sit in RAM.
+
+    Scores and indices are written one query block at a time to `out_dir`/scores.npy and indices.npy
+    and come back as read-only memmaps."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = _run(queries, corpus, k, cfg, lambda name, dtype, shape: np.lib.format.open_memmap(
+        out_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape))
+    res.scores.flush()
+    res.indices.flush()
+    return SearchResult(np.load(out_dir / "scores.npy", mmap_mode="r"), np.load(out_dir / "indices.npy", mmap_mode="r"),
+                        res.backend, res.timings)
+
+
+def _run(queries, corpus, k: int, cfg: SearchConfig | None, alloc) -> SearchResult:
+    """The one query-block loop behind `search` and `search_to_disk`; `alloc` makes the output arrays."""
     cfg = cfg or SearchConfig()
     k = min(k, corpus.shape[0])
-    chosen = choose_backend(cfg.backend, cfg.device, k)
+    chosen = choose_backend(cfg.backend, cfg.device, k, index=cfg.index, allow_cpu_fallback=cfg.allow_cpu_fallback)
+    timings: dict[str, float] = {}
     if chosen.startswith("faiss"):
-        scores, indices, label = _search_faiss(queries, corpus, k, gpu=chosen == "faiss-gpu",
-                                               query_block=cfg.query_block)
+        search_block, label = _faiss_searcher(corpus, k, cfg, gpu=chosen == "faiss-gpu", timings=timings)
     else:
-        scores, indices, label = _search_torch(queries, corpus, k, device="cuda" if chosen == "torch-cuda"
-                                               else "cpu", query_block=cfg.query_block)
-    log.info("search: %d queries x %d docs, k=%d, backend=%s", len(queries), corpus.shape[0], k, label)
-    return SearchResult(scores, indices, label)
+        search_block, label = _torch_searcher(corpus, k, device="cuda" if chosen == "torch-cuda" else "cpu")
+    scores = alloc("scores", np.float32, (len(queries), k))
+    indices = alloc("indices", np.int64, (len(queries), k))
+    t0 = time.perf_counter()
+    for start in range(0, len(queries), cfg.query_block):
+        q = np.ascontiguousarray(queries[start:start + cfg.query_block], dtype=np.float32)
+        scores[start:start + len(q)], indices[start:start + len(q)] = search_block(q)
+    timings["search"] = time.perf_counter() - t0
+    log.info("search: %d queries x %d docs, k=%d, backend=%s, %.1fs", len(queries), corpus.shape[0], k, label,
+             sum(timings.values()))
+    return SearchResult(scores, indices, label, timings)
 
 
-def _search_faiss(queries, corpus, k, *, gpu: bool, query_block: int):
+def _corpus_blocks(corpus, lo: int = 0, hi: int | None = None):
+    """Float32 copies of corpus rows [lo, hi), one block at a time: never the whole corpus."""
+    hi = corpus.shape[0] if hi is None else hi
+    for start in range(lo, hi, _CORPUS_BLOCK):
+        yield np.ascontiguousarray(corpus[start:min(start + _CORPUS_BLOCK, hi)], dtype=np.float32)
+
+
+def _faiss_searcher(corpus, k: int, cfg: SearchConfig, *, gpu: bool, timings: dict) -> tuple[BlockSearch, str]:
+    """Builds the flat or IVF index (sharded over all GPUs when asked) and fills it block by block."""
     faiss = _faiss()
-    index = faiss.IndexFlatIP(corpus.shape[1])
-    label = "faiss-cpu"
+    n, d = corpus.shape
+    params: list[str] = [str(_faiss_gpus())] if gpu else []
+    t0 = time.perf_counter()
+    if cfg.index == "ivf":
+        index, ivf_params = _trained_ivf(corpus, cfg, gpu=gpu)
+        params += ivf_params
+        timings["train"] = time.perf_counter() - t0
+        kind = "ivfpq-" if cfg.pq_m else "ivf-"
+    else:
+        index, kind = faiss.IndexFlatIP(d), ""
     if gpu:
         co = faiss.GpuMultipleClonerOptions()
         co.shard = True
+        co.useFloat16 = cfg.fp16
         index = faiss.index_cpu_to_all_gpus(index, co=co)
-        label = f"faiss-gpu({faiss.get_num_gpus()})"
-    for start in range(0, corpus.shape[0], _CORPUS_BLOCK):
-        index.add(np.ascontiguousarray(corpus[start:start + _CORPUS_BLOCK], dtype=np.float32))
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    indices = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), query_block):
-        q = np.ascontiguousarray(queries[start:start + query_block], dtype=np.float32)
-        scores[start:start + len(q)], indices[start:start + len(q)] = index.search(q, k)
-    return scores, indices, label
+        params += ["fp16"] if cfg.fp16 else []
+    t0 = time.perf_counter()
+    if isinstance(index, faiss.IndexShards) and index.successive_ids:
+        # sharded flat indexes accept a single add(): fill each shard with its contiguous slice instead
+        for shard in range(index.count()):
+            for block in _corpus_blocks(corpus, shard * n // index.count(), (shard + 1) * n // index.count()):
+                index.at(shard).add(block)
+        index.syncWithSubIndexes()
+    else:
+        for block in _corpus_blocks(corpus):
+            index.add(block)
+    timings["add"] = time.perf_counter() - t0
+    label = f"faiss-{kind}{'gpu' if gpu else 'cpu'}" + (f"({','.join(params)})" if params else "")
+    return (lambda q: index.search(q, k)), label
 
 
-def _search_torch(queries, corpus, k, *, device: str, query_block: int):
+def _trained_ivf(corpus, cfg: SearchConfig, *, gpu: bool):
+    """An empty IVF(-PQ) index trained on a seeded random sample of `train_size` corpus rows."""
+    faiss = _faiss()
+    n, d = corpus.shape
+    n_train = min(cfg.train_size, n)
+    if cfg.pq_m and d % cfg.pq_m:
+        raise ConfigError(f"search.pq_m={cfg.pq_m} must divide the embedding dimension {d}")
+    if cfg.pq_m and n_train < _PQ_CENTROIDS:
+        raise ConfigError(f"IVF-PQ needs at least {_PQ_CENTROIDS} training vectors, the corpus has {n}: "
+                          "use search.index=flat or drop search.pq_m")
+    nlist = min(cfg.nlist, max(1, n_train // _MIN_TRAIN_PER_CELL))
+    if nlist < cfg.nlist:
+        log.warning("search.nlist=%d clipped to %d: faiss wants >= %d training vectors per cell and has %d "
+                    "(raise search.train_size or lower search.nlist)", cfg.nlist, nlist, _MIN_TRAIN_PER_CELL, n_train)
+    nprobe = min(cfg.nprobe, nlist, FAISS_GPU_MAX_K if gpu else nlist)
+    quantizer = faiss.IndexFlatIP(d)
+    if cfg.pq_m:
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rows = np.sort(np.random.default_rng(_TRAIN_SEED).choice(n, n_train, replace=False))
+    sample = np.ascontiguousarray(corpus[rows], dtype=np.float32)
+    if gpu:  # k-means assignment on the GPUs: hours on CPU at nlist=65536
+        clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(d))
+        index.clustering_index = clustering
+        index.train(sample)
+        index.clustering_index = None
+    else:
+        index.train(sample)
+    index.nprobe = nprobe  # copied to GPU clones
+    return index, [f"nlist={nlist}", f"nprobe={nprobe}"] + ([f"m={cfg.pq_m}"] if cfg.pq_m else [])
+
+
+def _free_bytes(device: str) -> int:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info()[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _torch_searcher(corpus, k: int, *, device: str) -> tuple[BlockSearch, str]:
+    """Exact blocked matmul + top-k, merged across corpus blocks.
+
+    The corpus stays on the device only if it fits comfortably; otherwise its blocks are streamed to the
+    device for every query block: bounded memory at the price of more transfers."""
     import torch
 
     dtype = torch.float16 if device == "cuda" else torch.float32
-    blocks = [torch.as_tensor(np.asarray(corpus[s:s + _CORPUS_BLOCK]), dtype=dtype).to(device)
-              for s in range(0, corpus.shape[0], _CORPUS_BLOCK)]
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    indices = np.empty((len(queries), k), dtype=np.int64)
-    with torch.inference_mode():
-        for qs in range(0, len(queries), query_block):
-            q = torch.as_tensor(np.asarray(queries[qs:qs + query_block]), dtype=dtype).to(device)
+    n, d = corpus.shape
+    starts = range(0, n, _CORPUS_BLOCK)
+
+    def load(start: int):
+        block = np.asarray(corpus[start:start + _CORPUS_BLOCK])
+        return torch.from_numpy(block if block.flags.writeable else block.copy()).to(device=device, dtype=dtype)
+
+    resident = n * d * dtype.itemsize < _RESIDENT_FRACTION * _free_bytes(device)
+    blocks = [load(s) for s in starts] if resident else None
+    log.info("torch search on %s: corpus %s", device, "resident" if resident else "streamed per query block")
+
+    def search_block(q: np.ndarray):
+        with torch.inference_mode():
+            qt = torch.from_numpy(q if q.flags.writeable else q.copy()).to(device=device, dtype=dtype)
             best_s = best_i = None
-            offset = 0
-            for block in blocks:
-                s, i = torch.topk((q @ block.T).float(), min(k, block.shape[0]), dim=1)
-                i += offset
-                offset += block.shape[0]
+            for b, start in enumerate(starts):
+                block = blocks[b] if resident else load(start)
+                s, i = torch.topk((qt @ block.T).float(), min(k, block.shape[0]), dim=1)
+                i += start
                 if best_s is not None:
                     s, pos = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
                     i = torch.gather(torch.cat([best_i, i], 1), 1, pos)
                 best_s, best_i = s, i
-            scores[qs:qs + len(q)] = best_s.cpu().numpy()
-            indices[qs:qs + len(q)] = best_i.cpu().numpy()
-    return scores, indices, f"torch-{device}"
+            return best_s.cpu().numpy(), best_i.cpu().numpy()
+
+    return search_block, f"torch-{device}"
 
 
 def search_documents(queries: np.ndarray, windows: np.ndarray, parents: np.ndarray, n_docs: int, k: int,
@@ -143,4 +284,4 @@ def search_documents(queries: np.ndarray, windows: np.ndarray, parents: np.ndarr
         first.sort()
         scores[row] = hits.scores[row, first[:k]]
         indices[row] = docs[first[:k]]
-    return SearchResult(scores, indices, hits.backend)
+    return SearchResult(scores, indices, hits.backend, hits.timings)

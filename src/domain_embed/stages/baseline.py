@@ -24,9 +24,10 @@ def _inputs(ctx: RunContext) -> dict:
                                                                              ctx.cfg.model.document_prompt]}
 
 
-def write_results(out: Path, results: list[SystemResult], ctx: RunContext) -> dict:
-    """Means, CIs and per-query values of each system, plus each system against the first one
-    (`"<other>-vs-<first>"`: delta = other - first, paired over the same queries)."""
+def write_results(out: Path, results: list[SystemResult], ctx: RunContext,
+                  pairs: list[tuple[str, str]] | None = None) -> dict:
+    """Means, CIs and per-query values of each system, and paired comparisons `"A-vs-B"` (delta = A - B over
+    the same queries) for `pairs`, by default each system against the first one."""
     e = ctx.cfg.eval
     summary = {"split": e.split, "n_queries": len(results[0].metrics.qids), "systems": {}, "ci95": {},
                "backends": {}, "comparisons": {}}
@@ -39,10 +40,11 @@ def write_results(out: Path, results: list[SystemResult], ctx: RunContext) -> di
         per_query["systems"][r.name] = {m: v.tolist() for m, v in r.metrics.values.items()}
         np.savez_compressed(out / f"ranking_{r.name}.npz", indices=r.indices.astype(np.int32),
                             scores=r.scores.astype(np.float32))
-    ref = results[0]
-    for r in results[1:]:
-        summary["comparisons"][f"{r.name}-vs-{ref.name}"] = compare_systems(
-            ref.metrics, r.metrics, list(ref.metrics.values), e.bootstrap_samples, e.bootstrap_seed)
+    by_name = {r.name: r for r in results}
+    for a, b in pairs or [(r.name, results[0].name) for r in results[1:]]:
+        summary["comparisons"][f"{a}-vs-{b}"] = compare_systems(
+            by_name[b].metrics, by_name[a].metrics, list(by_name[b].metrics.values), e.bootstrap_samples,
+            e.bootstrap_seed)
     atomic_write_json(out / "metrics.json", summary)
     atomic_write_json(out / "per_query.json", per_query)
     return summary

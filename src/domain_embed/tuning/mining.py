@@ -100,6 +100,7 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
     doc_pos = {d: i for i, d in enumerate(corpus_ids)}
     labelled = _labelled_positives(all_qrels)
     windows_of = windows_by_doc(parents)
+    normalised = [normalise_text(t) for t in documents] if cfg.exclude_same_text else None
     hits = search_documents(query_emb, window_emb, parents, len(corpus_ids), cfg.range_max, cfg.search)
     rng = random.Random(seed)
     result = MiningResult(queries=[], backend=hits.backend)
@@ -113,11 +114,11 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
         pos_idx = np.array([doc_pos[d] for d in positives])
         pos_scores = _doc_scores(query_emb[row], window_emb, windows_of, pos_idx)
         floor = float(pos_scores.min())
-        positive_texts = {normalise_text(documents[i]) for i in pos_idx}
+        positive_texts = {normalised[i] for i in pos_idx} if normalised else set()
 
         def rules(rank: int, doc: int, score: float, qid=qid, floor=floor, positive_texts=positive_texts):
-            return _first_rule(rank, corpus_ids[doc], score, cfg, labelled.get(qid, set()), floor, documents[doc],
-                               positive_texts)
+            return _first_rule(rank, corpus_ids[doc], score, cfg, labelled.get(qid, set()), floor,
+                               normalised[doc] if normalised else "", positive_texts)
 
         kept_idx, kept_scores = _apply_rules(row, list(hits.indices[row]), list(hits.scores[row]), rules, rescore,
                                              cfg, result, count=True)
@@ -172,12 +173,12 @@ def _apply_rules(row: int, docs: list[int], scores: list[float], rules, rescore,
 
 
 def _first_rule(rank: int, doc_id: str, score: float, cfg: MiningConfig, labelled: set[str], floor: float,
-                text: str, positive_texts: set[str]) -> str | None:
+                normalised_text: str, positive_texts: set[str]) -> str | None:
     if rank < cfg.range_min:
         return "rank_window"
     if doc_id in labelled:
         return "labelled_positive"
-    if cfg.exclude_same_text and normalise_text(text) in positive_texts:
+    if cfg.exclude_same_text and normalised_text in positive_texts:
         return "same_text"
     if cfg.max_score is not None and score > cfg.max_score:
         return "max_score"

@@ -1,0 +1,75 @@
+"""Stage `evaluate`: the tuned model on the held-out split, with the same evaluator and cache as the
+baseline (one corpus encode for the tuned model), Matryoshka dimensions, and a forgetting check on
+another domain. Writes evaluate/metrics.json, per_query.json, mrl.json and ood.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from domain_embed.context import RunContext
+from domain_embed.data.chunking import Windows
+from domain_embed.data.loader import load_domain_data
+from domain_embed.retrieval.evaluate import evaluate_bm25, evaluate_dense
+from domain_embed.rundir import atomic_write_json
+from domain_embed.stages.base import Stage, register
+from domain_embed.stages.baseline import write_results
+from domain_embed.stages.finetune import trained_model_path
+
+_SHOWN = ("ndcg@10", "recall@10", "mrr@10")
+
+
+def tuned_embedder(ctx: RunContext):
+    cfg = dataclasses.replace(ctx.cfg.model, path=str(trained_model_path(ctx)), packaged=None, revision=None)
+    return ctx.make_embedder(cfg)
+
+
+def _inputs(ctx: RunContext) -> dict:
+    e = dataclasses.asdict(ctx.cfg.eval)
+    return {"finetune": ctx.run_dir.manifest("finetune")["key"], "baseline": ctx.run_dir.manifest("baseline")["key"],
+            "eval": e, "matryoshka_dims": list(ctx.cfg.training.matryoshka_dims)}
+
+
+def _run(ctx: RunContext, out: Path, extras: dict) -> None:
+    cfg, data = ctx.cfg, ctx.data
+    tuned = tuned_embedder(ctx)
+    windows = ctx.windows()
+    split, use_title = cfg.eval.split, cfg.data.use_title
+    results = [evaluate_dense("baseline", ctx.embedder, data, windows, split, cfg.eval, use_title),
+               evaluate_dense("tuned", tuned, data, windows, split, cfg.eval, use_title)]
+    pairs = [("tuned", "baseline")]
+    if cfg.eval.bm25.enabled:
+        results.append(evaluate_bm25(data, split, cfg.eval, use_title))
+        pairs.append(("tuned", "bm25"))
+    write_results(out, results, ctx, pairs)
+
+    mrl = {}
+    for dims in sorted(cfg.training.matryoshka_dims, reverse=True):
+        mrl[str(dims)] = {
+            name: {m: v for m, v in evaluate_dense(name, emb, data, windows, split, cfg.eval, use_title,
+                                                   dims=dims).metrics.mean().items() if m in _SHOWN}
+            for name, emb in (("baseline", ctx.embedder), ("tuned", tuned))}
+    atomic_write_json(out / "mrl.json", mrl)
+    atomic_write_json(out / "ood.json", _ood(ctx, tuned))
+    extras["cost"] = {"corpus_encodes": tuned.stats.corpus_encodes}
+
+
+def _ood(ctx: RunContext, tuned) -> dict:
+    """Base vs tuned on another domain: a large drop there means the tuned model forgot general skills."""
+    ood = ctx.cfg.eval.ood
+    if not ood.path:
+        return {}
+    other = load_domain_data(dataclasses.replace(ctx.cfg.data, path=ood.path)).sliced(
+        ood.max_queries, ood.max_corpus, ctx.cfg.seed)
+    windows = Windows.identity(other.documents(ctx.cfg.data.use_title))
+    out = {"path": ood.path, "split": ood.split, "queries": len(other.qrels.get(ood.split, {})),
+           "documents": len(other)}
+    for name, emb in (("baseline", ctx.embedder), ("tuned", tuned)):
+        res = evaluate_dense(name, emb, other, windows, ood.split, ctx.cfg.eval, ctx.cfg.data.use_title,
+                             is_corpus=False)
+        out[name] = {m: v for m, v in res.metrics.mean().items() if m in _SHOWN}
+    out["delta"] = {m: out["tuned"][m] - out["baseline"][m] for m in _SHOWN}
+    return out
+
+
+register(Stage("evaluate", requires=("finetune",), inputs=_inputs, run=_run))

@@ -1,0 +1,100 @@
+"""Stage `finetune`: sentence-transformers' Trainer on the mined triplets, best checkpoint by dev nDCG@10.
+
+Checkpoints live in <run_dir>/checkpoints/<key> (outside the stage's temporary folder) so a killed run
+resumes with `training.resume=true`; the finished model is published as finetune/model, a standard
+sentence-transformers directory, with finetune/train_log.json (loss, lr, grad norm, dev metrics)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+from datasets import DatasetDict
+
+from domain_embed.context import RunContext
+from domain_embed.errors import DataError
+from domain_embed.report.plots import plot_training
+from domain_embed.rundir import atomic_write_json, read_json, stable_hash
+from domain_embed.stages.base import Stage, register
+from domain_embed.tracking import trainer_report_to
+from domain_embed.tuning.losses import columns_for
+from domain_embed.tuning.trainer import DevSet, save_model, train_model
+
+
+def _training_inputs(ctx: RunContext) -> dict:
+    training = dataclasses.asdict(ctx.cfg.training)
+    training.pop("resume")  # resuming must reproduce the same output, so it is not an input
+    return {"triplets": ctx.run_dir.manifest("triplets")["key"], "model": ctx.embedder.fingerprint,
+            "training": training, "seed": ctx.cfg.seed}
+
+
+def checkpoints_dir(ctx: RunContext, key: str) -> Path:
+    return ctx.run_dir.root / "checkpoints" / key[:16]
+
+
+def dev_set(ctx: RunContext, dev, size: int, seed: int) -> DevSet:
+    """Dev queries with their positives, their mined negatives and a random sample of the corpus: small
+    enough to evaluate often, hard enough to rank checkpoints."""
+    windows = ctx.windows()
+    first_window = {}
+    for w, p in enumerate(windows.parents.tolist()):
+        first_window.setdefault(p, w)
+    texts = windows.texts(ctx.documents)
+    corpus, relevant, queries = {}, {}, {}
+    for row in dev:
+        queries[row["query_id"]] = row["query"]
+        relevant.setdefault(row["query_id"], set()).add(row["positive_id"])
+        corpus[row["positive_id"]] = row["positive"]
+        corpus.update(zip(row["negative_ids"], row["negatives"], strict=True))
+    ids = ctx.data.corpus_ids
+    rng = random.Random(seed)
+    for i in rng.sample(range(len(ids)), min(len(ids), max(0, size - len(corpus)))):
+        corpus.setdefault(ids[i], texts[first_window[i]])
+    return DevSet(queries=queries, corpus=corpus, relevant=relevant)
+
+
+def _run(ctx: RunContext, out: Path, extras: dict) -> None:
+    cfg = ctx.cfg
+    training = cfg.training
+    view = "triplet" if training.loss == "triplet" else "mnrl"
+    data = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / view))
+    train = data["train"].select_columns(columns_for(training.loss, training.num_negatives))
+    if len(train) == 0:
+        raise DataError("no training triplets survived mining; see triplets/mining_meta.json", field="triplets")
+    dev_rows = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / "dataset"))["dev"]
+    dev = dev_set(ctx, dev_rows, training.dev_corpus_size, cfg.seed) if len(dev_rows) else None
+
+    base = ctx.embedder
+    model = ctx.make_embedder(cfg.model).model  # a fresh copy: the base model stays untouched for the guide
+    guide = base.model if training.loss == "gist" else None
+    work = checkpoints_dir(ctx, stable_hash(_training_inputs(ctx)))
+    result = train_model(model, train, dev, training, work, seed=cfg.seed, guide=guide,
+                         report_to=trainer_report_to(cfg.tracking), device=cfg.device,
+                         query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt)
+    evals = [r for r in result.log_history if "eval_dev_cosine_ndcg@10" in r]
+    table = ("| step | dev nDCG@10 |\n|---|---|\n"
+             + "\n".join(f"| {r['step']} | {r['eval_dev_cosine_ndcg@10']:.4f} |" for r in evals))
+    save_model(model, out / "model", {"metrics_table": table or "(no dev set)",
+                                      "training_config": dataclasses.asdict(training)})
+    log = {"best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+           "best_dev_ndcg@10": result.best_dev_ndcg10, "global_step": result.global_step,
+           "train_rows": len(train), "dev_queries": len(dev.queries) if dev else 0,
+           "dev_corpus": len(dev.corpus) if dev else 0, "train_seconds": result.train_seconds,
+           "samples_per_second": result.samples_per_second,
+           "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+           "log_history": result.log_history}
+    atomic_write_json(out / "train_log.json", log)
+    plot_training(result.log_history, out / "training.png")
+    extras["cost"] = {"corpus_encodes": 0}
+
+
+def trained_model_path(ctx: RunContext) -> Path:
+    return ctx.run_dir.stage_dir("finetune") / "model"
+
+
+def train_log(ctx: RunContext) -> dict:
+    return read_json(ctx.run_dir.stage_dir("finetune") / "train_log.json")
+
+
+register(Stage("finetune", requires=("triplets",), inputs=_training_inputs, run=_run))

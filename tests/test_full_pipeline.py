@@ -1,0 +1,51 @@
+"""Every stage on the tiny model: train, evaluate, gap closed, decision, plots, model card."""
+
+import json
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from domain_embed.context import RunContext
+from domain_embed.pipeline import run_pipeline
+
+
+@pytest.fixture
+def overrides(tiny_beir, tiny_model, tmp_path):
+    return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}",
+            "training.batch_size=4", "training.epochs=2", "training.eval_steps=2", "training.save_steps=2",
+            "training.learning_rate=1e-3", "training.logging_steps=1"]
+
+
+def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp_path, tiny_beir):
+    run = tmp_path / "run"
+    cfg = make_config(run, *overrides, "training.matryoshka_dims=[32,16]", f"eval.ood.path={tiny_beir}")
+    report = run_pipeline(RunContext(cfg, run))
+    assert report["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
+    assert report["cost"]["corpus_encodes"] == 2  # base once, tuned once; the OOD corpus is not ours
+    assert set(report["metrics"]) == {"baseline", "bm25", "tuned"}
+    gap = report["gap_closed"]["ndcg@10"]
+    assert gap["delta"] == pytest.approx(report["metrics"]["tuned"]["ndcg@10"] - report["metrics"]["baseline"]
+                                         ["ndcg@10"], abs=1e-9)
+    assert gap["ci95"][0] <= gap["delta"] <= gap["ci95"][1] and 0 < gap["p_value"] <= 1
+    assert isinstance(report["decision"]["adopt_tuned"], bool) and report["decision"]["reason"]
+    assert set(report["mrl"]) == {"32", "16"} and "delta" in report["ood"]
+    assert report["training"]["global_step"] > 0 and report["training"]["best_dev_ndcg@10"] is not None
+    for name in ("before_after", "recall_at_k", "mrl"):
+        assert (run / "plots" / f"{name}.png").stat().st_size > 1000
+    assert (run / "finetune" / "training.png").exists()
+    md = (run / "report.md").read_text()
+    assert "Gap closed by fine-tuning" in md and "**Decision:" in md and "| tuned |" in md
+    model = SentenceTransformer(str(run / "finetune" / "model"), device="cpu")
+    assert model.encode(["capital requirements"]).shape == (1, 32)
+    card = (run / "finetune" / "model" / "README.md").read_text()
+    assert "| tuned |" in card and "| baseline |" in card and '"loss": "mnrl"' in card
+    log = json.loads((run / "finetune" / "train_log.json").read_text())
+    assert any("loss" in r for r in log["log_history"])
+
+
+def test_tuned_model_is_cached_apart_from_the_base(make_config, overrides, tmp_path):
+    run = tmp_path / "run"
+    report = run_pipeline(RunContext(make_config(run, *overrides), run))
+    assert report["metrics"]["tuned"] != report["metrics"]["baseline"]
+    again = run_pipeline(RunContext(make_config(run, *overrides), run))
+    assert again["run"]["ran_now"] == [] and again["metrics"] == report["metrics"]

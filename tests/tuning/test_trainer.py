@@ -1,0 +1,220 @@
+"""The trainer wrapper on the tiny model: dev metrics and best checkpoint, saving, and exact resumption."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+
+from domain_embed.config import LoraConfig, TrainingConfig
+from domain_embed.errors import ConfigError
+from domain_embed.tuning import trainer
+from domain_embed.tuning.trainer import DevSet, save_model, train_model, training_arguments
+
+METRIC = "eval_dev_cosine_ndcg@10"
+
+
+def _load(path) -> SentenceTransformer:
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def _triplets(n: int = 64) -> Dataset:
+    """Query i matches passage i by its topic words; the negative is another topic's passage."""
+    return Dataset.from_dict({
+        "query_id": [f"q{i}" for i in range(n)],  # not a loss column: must be dropped before training
+        "anchor": [f"what does topic{i} rule{i} require" for i in range(n)],
+        "positive": [f"topic{i} rule{i}: the firm shall notify the regulator" for i in range(n)],
+        "negative_1": [f"topic{(i + 7) % n} rule{(i + 7) % n}: records are kept for years" for i in range(n)],
+    })
+
+
+def _dev() -> DevSet:
+    return DevSet(queries={f"q{i}": f"which duties does topic{i} rule{i} impose" for i in range(12)},
+                  corpus={f"d{i}": f"topic{i} rule{i}: a duty of the firm" for i in range(40)},
+                  relevant={f"q{i}": {f"d{i}"} for i in range(12)})
+
+
+def _cfg(**overrides) -> TrainingConfig:
+    base = {"batch_size": 8, "max_steps": 6, "eval_steps": 2, "save_steps": 2, "save_total_limit": 2,
+            "logging_steps": 1, "learning_rate": 5e-3, "warmup": 0.0}
+    return TrainingConfig(**{**base, **overrides})
+
+
+def test_dev_metrics_pick_the_best_checkpoint_and_the_saved_model_reloads(tiny_model, tmp_path):
+    model = _load(tiny_model)
+    result = train_model(model, _triplets(), _dev(), _cfg(), tmp_path / "run", seed=3)
+    evals = [row for row in result.log_history if METRIC in row]
+    assert [row["step"] for row in evals] == [2, 4, 6]
+    assert any("loss" in row and "grad_norm" in row and "learning_rate" in row for row in result.log_history)
+    best = max(evals, key=lambda row: row[METRIC])
+    assert result.best_dev_ndcg10 == pytest.approx(best[METRIC])
+    assert result.best_checkpoint == tmp_path / "run" / "checkpoints" / f"checkpoint-{best['step']}"
+    assert result.global_step == 6 and result.samples_per_second > 0 and result.train_seconds > 0
+    texts = ["which duties does topic3 rule3 impose", "records are kept"]
+    in_memory = model.encode(texts)
+    # the best checkpoint was loaded back at the end
+    np.testing.assert_allclose(in_memory, _load(result.best_checkpoint).encode(texts), atol=1e-6)
+
+    table = "| model | nDCG@10 |\n|---|---|\n| base | 0.41 |\n| tuned | 0.57 |"
+    out = save_model(model, tmp_path / "final", {"metrics_table": table, "training_config": {"loss": "mnrl"}})
+    np.testing.assert_allclose(_load(out).encode(texts), in_memory, atol=1e-6)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and table in card and '"loss": "mnrl"' in card
+    assert card.index(table) < card.index("## Model Details")  # ours first, before the template body
+
+    save_model(model, out, {"metrics_table": "| replaced |", "training_config": {}})  # over an existing model
+    assert "| replaced |" in (out / "README.md").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["final", "run"]  # no temp or old folders left
+
+
+def test_early_stopping_stops_when_dev_ndcg_stops_improving(tiny_model, tmp_path):
+    cfg = _cfg(max_steps=40, eval_steps=1, save_steps=1, learning_rate=0.0, early_stopping_patience=1)
+    result = train_model(_load(tiny_model), _triplets(), _dev(), cfg, tmp_path, seed=0)
+    assert result.global_step == 2  # lr 0: the evaluation at step 2 cannot beat the one at step 1
+
+
+def test_training_arguments_map_the_config(tmp_path):
+    cfg = _cfg(warmup=0.1, gradient_accumulation_steps=2, scheduler="cosine", dataloader_workers=0)
+    args = training_arguments(cfg, tmp_path, seed=7, columns=["anchor", "positive"], has_dev=True,
+                              report_to=["wandb"], query_prompt="query: ")
+    assert args.output_dir == str(tmp_path / "checkpoints")
+    assert args.warmup_steps == 0.1 and args.lr_scheduler_type == "cosine" and args.gradient_accumulation_steps == 2
+    assert args.batch_sampler == "no_duplicates" and args.eval_strategy == "steps"
+    assert args.load_best_model_at_end and args.metric_for_best_model == METRIC and args.greater_is_better
+    assert (args.seed, args.data_seed) == (7, 7) and args.report_to == ["wandb"]
+    assert not args.bf16 and not args.fp16  # auto precision on CPU is fp32
+    assert args.prompts == {"anchor": "query: "}
+    plain = training_arguments(cfg, tmp_path, seed=7, columns=["anchor", "positive"], has_dev=False)
+    assert plain.eval_strategy == "no" and not plain.load_best_model_at_end and plain.report_to == []
+    assert plain.prompts is None
+
+
+@pytest.mark.parametrize(("overrides", "has_dev", "message"), [
+    ({"save_steps": 4, "eval_steps": 2}, True, "must equal training.eval_steps"),
+    ({"precision": "fp8"}, False, "unknown training.precision"),
+    ({"warmup": 10.0}, False, "fraction"),
+])
+def test_training_arguments_reject_bad_configs(tmp_path, overrides, has_dev, message):
+    with pytest.raises(ConfigError, match=message):
+        training_arguments(_cfg(**overrides), tmp_path, seed=0, columns=["anchor"], has_dev=has_dev)
+
+
+def test_dataset_and_config_mismatches_fail_before_training(tiny_model, tmp_path):
+    model = _load(tiny_model)
+    with pytest.raises(ConfigError, match="lacks \\['negative_2'\\]"):
+        train_model(model, _triplets(), None, _cfg(num_negatives=2), tmp_path, seed=0)
+    with pytest.raises(ConfigError, match="needs a dev set"):
+        train_model(model, _triplets(), None, _cfg(early_stopping_patience=2), tmp_path, seed=0)
+
+
+def test_lora_without_a_recent_peft_names_the_extra(tiny_model, tmp_path, monkeypatch):
+    def not_installed(name):
+        raise trainer.PackageNotFoundError(name)
+
+    monkeypatch.setattr(trainer, "version", not_installed)
+    with pytest.raises(ConfigError, match=r"domain-embed\[lora\]"):
+        train_model(_load(tiny_model), _triplets(), None, _cfg(lora=LoraConfig(enabled=True)), tmp_path, seed=0)
+
+
+def test_lora_trains_the_adapter_and_saves_a_merged_model(tiny_model, tmp_path):
+    pytest.importorskip("peft", minversion="0.22")
+    model = _load(tiny_model)
+    cfg = _cfg(max_steps=2, lora=LoraConfig(enabled=True, r=4, alpha=8))
+    train_model(model, _triplets(), _dev(), cfg, tmp_path / "run", seed=0)
+    texts = ["which duties does topic3 rule3 impose"]
+    tuned = model.encode(texts)
+    assert not np.allclose(tuned, _load(tiny_model).encode(texts))
+    out = save_model(model, tmp_path / "final", {"metrics_table": "|x|", "training_config": {}})
+    assert not (out / "adapter_config.json").exists()
+    np.testing.assert_allclose(_load(out).encode(texts), tuned, atol=1e-5)
+
+
+def test_resume_refuses_stale_checkpoints_and_skips_incomplete_ones(tiny_model, tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "checkpoint-2").mkdir(parents=True)
+    (checkpoints / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (checkpoints / "checkpoint-10").mkdir()  # killed while saving: no trainer_state.json
+    assert trainer._resume_point(checkpoints, resume=True) == checkpoints / "checkpoint-2"
+    with pytest.raises(ConfigError, match="resume=true"):
+        trainer._resume_point(checkpoints, resume=False)
+    fresh = train_model(_load(tiny_model), _triplets(), None, _cfg(max_steps=1, resume=True), tmp_path / "new",
+                        seed=0)
+    assert fresh.resumed_from is None and fresh.global_step == 1
+
+
+RUN_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    from pathlib import Path
+
+    from datasets import load_from_disk
+    from sentence_transformers import SentenceTransformer
+    from transformers import TrainerCallback
+
+    from domain_embed.config import TrainingConfig
+    from domain_embed.tuning.trainer import DevSet, train_model
+
+    spec = json.loads(sys.argv[1])
+
+    class KillAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == spec["kill_at"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    dev = DevSet(**{k: v for k, v in spec["dev"].items() if k != "relevant"},
+                 relevant={q: set(d) for q, d in spec["dev"]["relevant"].items()})
+    model = SentenceTransformer(spec["model"], device="cpu")
+    result = train_model(model, load_from_disk(spec["data"]), dev, TrainingConfig(**spec["cfg"]), Path(spec["out"]),
+                         seed=11, callbacks=[KillAt()])
+    Path(spec["out"], "result.json").write_text(json.dumps({
+        "global_step": result.global_step, "best": result.best_dev_ndcg10,
+        "resumed_from": str(result.resumed_from), "log_history": result.log_history,
+        "embeddings": model.encode(spec["probe"]).tolist()}))
+""")
+
+
+def _run(tmp_path: Path, spec: dict, out: str, *, kill_at: int = -1, resume: bool = False) -> subprocess.Popen:
+    full = {**spec, "out": str(tmp_path / out), "kill_at": kill_at, "cfg": {**spec["cfg"], "resume": resume}}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the two first runs share the cores; one thread each is faster
+    return subprocess.Popen([sys.executable, str(tmp_path / "run.py"), json.dumps(full)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> int:
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, -9), err[-3000:]
+    return proc.returncode
+
+
+def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_model, tmp_path):
+    """24 rows / batch 8 = 3 steps an epoch: the kill at step 5 falls in epoch 2 after checkpoint-4, so
+    resuming must restore the sampler's epoch, the position inside it, the optimizer, scheduler and RNG."""
+    (tmp_path / "run.py").write_text(RUN_SCRIPT)
+    _triplets(24).save_to_disk(str(tmp_path / "data"))
+    dev = _dev()
+    spec = {"model": str(tiny_model), "data": str(tmp_path / "data"), "probe": list(dev.queries.values())[:4],
+            "dev": {"queries": dev.queries, "corpus": dev.corpus,
+                    "relevant": {q: sorted(d) for q, d in dev.relevant.items()}},
+            "cfg": {"batch_size": 8, "max_steps": 6, "eval_steps": 2, "save_steps": 2, "save_total_limit": 2,
+                    "logging_steps": 1, "learning_rate": 5e-3, "warmup": 0.2}}
+    uninterrupted, killed = _run(tmp_path, spec, "a"), _run(tmp_path, spec, "b", kill_at=5)
+    assert _finish(uninterrupted) == 0 and _finish(killed) == -9
+    assert max(int(p.name.split("-")[1]) for p in (tmp_path / "b" / "checkpoints").glob("checkpoint-*")) == 4
+    assert _finish(_run(tmp_path, spec, "b", resume=True)) == 0
+
+    a, b = (json.loads((tmp_path / name / "result.json").read_text()) for name in ("a", "b"))
+    assert b["resumed_from"] == str(tmp_path / "b" / "checkpoints" / "checkpoint-4")
+    assert a["global_step"] == b["global_step"] == 6
+    assert b["best"] == pytest.approx(a["best"], abs=1e-6)
+    rows = {name: [r for r in run["log_history"] if "loss" in r or METRIC in r] for name, run in (("a", a), ("b", b))}
+    assert [r["step"] for r in rows["a"]] == [r["step"] for r in rows["b"]]
+    for ra, rb in zip(rows["a"], rows["b"], strict=True):
+        for key in ("loss", "learning_rate", "grad_norm", METRIC):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], abs=1e-6), (ra["step"], key)
+    np.testing.assert_allclose(b["embeddings"], a["embeddings"], atol=1e-6)
