@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -39,6 +42,9 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg: RootConfig = OmegaConf.to_object(dcfg)
+        hydra_cfg = HydraConfig.get()
+        if cfg.shared_dir is None and hydra_cfg.mode == RunMode.MULTIRUN:
+            cfg.shared_dir = str(Path(hydra_cfg.sweep.dir) / "shared")
         report = run_pipeline(RunContext(cfg, cfg.run_dir))
     except (DomainEmbedError, MissingMandatoryValue) as exc:
         if dcfg.get("verbose") or os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -48,8 +54,8 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
         sys.exit(EXIT_USER_ERROR)
     for line in _summary_lines(report):
         log.info(line)
-    # returned for sweepers (e.g. optuna) that maximise the primary metric
-    return report["metrics"].get("baseline", {}).get(cfg.eval.primary_metric)
+    # returned for sweepers (e.g. optuna): the dev metric, so hyperparameters are never tuned on test
+    return report.get("training", {}).get("best_dev_ndcg@10")
 
 
 def main() -> None:

@@ -243,6 +243,8 @@ class RootConfig:
     cache_dir: str = "${oc.env:DOMAIN_EMBED_CACHE,${oc.env:HOME,.}/.cache/domain_embed}"
     verbose: bool = False
     run_dir: str = "${hydra:runtime.output_dir}"
+    # where sweep jobs share audit/baseline/mine/triplets outputs; a multirun defaults it to <sweep dir>/shared
+    shared_dir: str | None = None
 
 
 def register_configs() -> None:

@@ -21,6 +21,7 @@ class RunContext:
         self.cfg = cfg
         self.run_dir = RunDir(run_dir)
         self.cache_dir = Path(cfg.cache_dir).expanduser()
+        self.shared_dir = Path(cfg.shared_dir).expanduser() if cfg.shared_dir else None
 
     @cached_property
     def data(self) -> DomainData:

@@ -10,11 +10,15 @@ from pathlib import Path
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.report.build import write_report
-from domain_embed.rundir import stable_hash
+from domain_embed.rundir import MANIFEST, stable_hash
 from domain_embed.stages import REGISTRY
 from domain_embed.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+# stages whose output depends only on data, base model and their own config: in a sweep, jobs that
+# agree on those inputs share one content-addressed copy instead of recomputing it
+SHARED_STAGES = ("audit", "baseline", "mine", "triplets")
 
 
 def plan(selected: list[str]) -> list[str]:
@@ -54,13 +58,20 @@ def _run_stages(ctx: RunContext) -> list[str]:
         inputs = stage.inputs(ctx)
         key = stable_hash(inputs)
         forced = ctx.cfg.force and name in ctx.cfg.stages
-        if not forced and ctx.run_dir.is_done(name, key):
+        shared = ctx.shared_dir / f"{name}-{key[:16]}" if ctx.shared_dir and name in SHARED_STAGES else None
+        if shared and not forced and (shared / MANIFEST).exists():
+            ctx.run_dir.link_stage(name, shared)
+            log.info("stage %s: reusing the sweep's shared output %s", name, shared)
+            continue
+        if not forced and not shared and ctx.run_dir.is_done(name, key):
             log.info("stage %s: up to date, skipped (force=true redoes it)", name)
             continue
         log.info("stage %s: running", name)
         t0 = time.perf_counter()
-        with ctx.run_dir.stage_output(name, key, inputs) as (out, extras):
+        with ctx.run_dir.stage_output(name, key, inputs, final=shared) as (out, extras):
             stage.run(ctx, out, extras)
+        if shared:
+            ctx.run_dir.link_stage(name, shared)
         log.info("stage %s: done in %.1fs", name, time.perf_counter() - t0)
         done_now.append(name)
     return done_now

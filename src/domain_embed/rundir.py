@@ -77,10 +77,24 @@ class RunDir:
         manifest = self.manifest(stage)
         return manifest is not None and manifest.get("key") == key
 
+    def link_stage(self, stage: str, target: Path) -> None:
+        """Points <run_dir>/<stage> at a shared, content-addressed output (atomic symlink swap)."""
+        link = self.stage_dir(stage)
+        tmp = self.root / f".{stage}.link-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(target.resolve(), target_is_directory=True)
+        if link.exists() and not link.is_symlink():
+            shutil.rmtree(link)
+        os.replace(tmp, link)
+
     @contextmanager
-    def stage_output(self, stage: str, key: str, inputs: dict) -> Iterator[tuple[Path, dict]]:
-        """Yields (temp folder, manifest extras); publishes both atomically when the block succeeds."""
-        tmp = self.root / f".{stage}.tmp-{os.getpid()}"
+    def stage_output(self, stage: str, key: str, inputs: dict, final: Path | None = None
+                     ) -> Iterator[tuple[Path, dict]]:
+        """Yields (temp folder, manifest extras); publishes both atomically into `final` (by default
+        <run_dir>/<stage>) when the block succeeds."""
+        final = final or self.stage_dir(stage)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         extras: dict = {}
@@ -94,9 +108,10 @@ class RunDir:
                     "started": started, "finished": time.time(),
                     "seconds": round(time.time() - started, 3), **extras}
         atomic_write_json(tmp / MANIFEST, manifest)
-        final = self.stage_dir(stage)
-        old = self.root / f".{stage}.old-{os.getpid()}"
-        if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.is_symlink():
+            final.unlink()
+        elif final.exists():
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)

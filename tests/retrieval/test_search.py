@@ -108,6 +108,19 @@ def test_ivf_recall_at_moderate_nprobe_and_low_recall_at_one_probe():
     assert _recall(search(q, d, 10, cfg).indices, exact) < 0.8
 
 
+def test_ivf_short_result_lists_are_padded_with_minus_one_and_minus_inf():
+    q, d = _clustered(400, n_centroids=10, nq=20)
+    parents = np.repeat(np.arange(200), 2)  # two windows per document
+    cfg = SearchConfig(backend="faiss", device="cpu", index="ivf", nlist=10, nprobe=1)
+    for res, n_items in ((search(q, d, 150, cfg), 400), (search_documents(q, d, parents, 200, 150, cfg), 200)):
+        missing = res.indices < 0
+        assert missing.any() and not missing.all(axis=1).any()  # one cell of ~40 windows cannot fill k=150
+        assert np.all(missing[:, :-1] <= missing[:, 1:])  # padding only at the end
+        assert np.all(np.isneginf(res.scores[missing])) and np.all(np.isfinite(res.scores[~missing]))
+        assert res.indices.max() < n_items
+        assert all(len(set(r[r >= 0].tolist())) == (r >= 0).sum() for r in res.indices)  # distinct hits
+
+
 def test_ivf_nlist_is_clipped_to_what_the_training_sample_supports(caplog):
     q, d = _data(nd=400)
     with caplog.at_level("WARNING"):

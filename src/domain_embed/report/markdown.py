@@ -7,7 +7,7 @@ from pathlib import Path
 _HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10", "precision@1")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -21,7 +21,7 @@ def metrics_table(report: dict) -> str:
         ci = report["ci95"].get(system, {})
         rows.append([system] + [f"{values[m]:.4f}" + (f" [{ci[m][0]:.3f}, {ci[m][1]:.3f}]" if m in ci else "")
                                 for m in names])
-    return _table(["system", *names], rows)
+    return table(["system", *names], rows)
 
 
 def _comparisons(report: dict) -> str:
@@ -32,7 +32,7 @@ def _comparisons(report: dict) -> str:
                 c = per_metric[metric]
                 rows.append([name, metric, f"{c['delta']:+.4f}", f"[{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]",
                              f"{c['p_value']:.4f}"])
-    return _table(["comparison (A-vs-B: A - B)", "metric", "delta", "95% CI", "p"], rows)
+    return table(["comparison (A-vs-B: A - B)", "metric", "delta", "95% CI", "p"], rows)
 
 
 def _audit(audit: dict) -> str:
@@ -44,9 +44,9 @@ def _audit(audit: dict) -> str:
         if s.get("count"):
             rows.append([name, str(s["count"]), str(s["max"]), f"{s['p50']:.0f}", f"{s['p95']:.0f}",
                          f"{s['p99']:.0f}", f"{s['share_over_limit']:.2%}"])
-    table = _table(["texts", "count", "max", "p50", "p95", "p99", f"over {audit['max_seq_length']}"], rows)
+    grid = table(["texts", "count", "max", "p50", "p95", "p99", f"over {audit['max_seq_length']}"], rows)
     return (f"Tokenizer of `{audit['model']}`, window {audit['max_seq_length']} tokens, "
-            f"`data.truncation={audit['truncation']}`.\n\n{table}\n\n**Truncation:** {audit['truncated']['note']}.")
+            f"`data.truncation={audit['truncation']}`.\n\n{grid}\n\n**Truncation:** {audit['truncated']['note']}.")
 
 
 def _mining(m: dict) -> str:
@@ -57,7 +57,7 @@ def _mining(m: dict) -> str:
             f"{p['relative_margin']}, absolute margin {p['absolute_margin']}, max score {p['max_score']}, "
             f"{p['num_negatives']} negatives per pair ({p['sampling']}). {m['candidates']} candidates, "
             f"{m['kept_before_sampling']} passed every rule, {m['negatives_chosen']} chosen.\n\n"
-            + _table(["rule", "candidates removed"], rows)
+            + table(["rule", "candidates removed"], rows)
             + f"\n\nTriplets: {split['train_rows']} train, {split['dev_rows']} dev (dev from {split['dev_source']}; "
             f"{split['dev_rows_dropped_for_leakage']} dev rows dropped because their query or positive is in train); "
             f"{m['pairs_without_negative']} pairs had no negative left.")
@@ -88,7 +88,7 @@ def render_markdown(report: dict) -> str:
                 for m, g in report["gap_closed"].items()]
         out += ["", "## Gap closed by fine-tuning", "",
                 "delta = tuned - base; relative = delta / (1 - base), the share of the remaining gap closed.", "",
-                _table(["metric", "delta", "relative", "95% CI", "p"], rows), "",
+                table(["metric", "delta", "relative", "95% CI", "p"], rows), "",
                 f"**Decision: {'adopt the tuned model' if d['adopt_tuned'] else 'do not adopt yet'}.** {d['reason']}."]
     if "training" in report:
         t = report["training"]
@@ -97,7 +97,7 @@ def render_markdown(report: dict) -> str:
                 f"({t['dev_queries']} dev queries, {t['dev_corpus']} dev documents)."]
     if "mrl" in report:
         rows = [[d, *[f"{v[s]['ndcg@10']:.4f}" for s in ("baseline", "tuned")]] for d, v in report["mrl"].items()]
-        out += ["", "## Matryoshka dimensions", "", _table(["dims", "baseline nDCG@10", "tuned nDCG@10"], rows)]
+        out += ["", "## Matryoshka dimensions", "", table(["dims", "baseline nDCG@10", "tuned nDCG@10"], rows)]
     if "ood" in report:
         o = report["ood"]
         out += ["", "## Forgetting check (another domain)", "",

@@ -36,7 +36,7 @@ BlockSearch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 @dataclass
 class SearchResult:
     scores: np.ndarray  # (n_queries, k) float32, best first
-    indices: np.ndarray  # (n_queries, k) int64 positions in the searched matrix; -1 if IVF found < k
+    indices: np.ndarray  # (n_queries, k) int64 positions in the searched matrix; -1 (score -inf) if IVF found < k
     backend: str  # what actually ran, e.g. "faiss-cpu", "faiss-gpu(2)", "faiss-ivf-cpu(nlist=1024,nprobe=32)"
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: train, add, search
 
@@ -186,7 +186,13 @@ def _faiss_searcher(corpus, k: int, cfg: SearchConfig, *, gpu: bool, timings: di
             index.add(block)
     timings["add"] = time.perf_counter() - t0
     label = f"faiss-{kind}{'gpu' if gpu else 'cpu'}" + (f"({','.join(params)})" if params else "")
-    return (lambda q: index.search(q, k)), label
+
+    def search_block(q: np.ndarray):
+        scores, indices = index.search(q, k)
+        scores[indices < 0] = -np.inf  # IVF found fewer than k: faiss pads with -1 and -FLT_MAX
+        return scores, indices
+
+    return search_block, label
 
 
 def _trained_ivf(corpus, cfg: SearchConfig, *, gpu: bool):
@@ -271,17 +277,18 @@ def search_documents(queries: np.ndarray, windows: np.ndarray, parents: np.ndarr
     """Top-k documents when documents are split into windows: a document scores its best window.
 
     Retrieving k + (windows - documents) windows guarantees k distinct documents, so the result is
-    exact, not an approximation by over-fetching."""
+    exact, not an approximation by over-fetching. An IVF index may find fewer: the rest is -1 / -inf."""
     if len(parents) == n_docs:
         return search(queries, windows, k, cfg)
     k = min(k, n_docs)
     hits = search(queries, windows, min(len(parents), k + len(parents) - n_docs), cfg)
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    indices = np.empty((len(queries), k), dtype=np.int64)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    indices = np.full((len(queries), k), -1, dtype=np.int64)
     for row in range(len(queries)):
-        docs = parents[hits.indices[row]]
+        found = hits.indices[row][hits.indices[row] >= 0]  # IVF may find fewer windows, padded at the end
+        docs = parents[found]
         _, first = np.unique(docs, return_index=True)  # best window of each document
-        first.sort()
-        scores[row] = hits.scores[row, first[:k]]
-        indices[row] = docs[first[:k]]
+        first = np.sort(first)[:k]
+        scores[row, :len(first)] = hits.scores[row, first]
+        indices[row, :len(first)] = docs[first]
     return SearchResult(scores, indices, hits.backend, hits.timings)

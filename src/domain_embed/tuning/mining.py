@@ -120,7 +120,9 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
             return _first_rule(rank, corpus_ids[doc], score, cfg, labelled.get(qid, set()), floor,
                                normalised[doc] if normalised else "", positive_texts)
 
-        kept_idx, kept_scores = _apply_rules(row, list(hits.indices[row]), list(hits.scores[row]), rules, rescore,
+        found = hits.indices[row] >= 0  # an IVF search may return fewer than k hits (padded with -1)
+        ranked = hits.indices[row][found].tolist()
+        kept_idx, kept_scores = _apply_rules(row, ranked, hits.scores[row][found].tolist(), rules, rescore,
                                              cfg, result, count=True)
         result.kept_before_sampling += len(kept_idx)
         chosen = list(range(len(kept_idx)))
@@ -130,7 +132,7 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
         neg_scores = [kept_scores[i] for i in chosen[:cfg.num_negatives]]
         short = cfg.num_negatives - len(neg_idx)
         if short and cfg.fill_random:
-            seen = set(hits.indices[row].tolist())
+            seen = set(ranked)
             n_draws = min(len(corpus_ids), short * _FILL_TRIES + len(seen))
             draws = [d for d in rng.sample(range(len(corpus_ids)), n_draws) if d not in seen]
             scores = _doc_scores(query_emb[row], window_emb, windows_of, np.array(draws, dtype=np.int64))

@@ -1,0 +1,47 @@
+"""Hydra multirun: jobs share audit/baseline/mine/triplets, and a summary ranks them by dev nDCG@10."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def _multirun(cwd, *args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "train", "-m", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _args(tiny_beir, tiny_model, tmp_path):
+    return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", "training.batch_size=4", "training.eval_steps=2",
+            "training.save_steps=2"]
+
+
+def test_two_job_sweep_reuses_shared_stages(tiny_beir, tiny_model, tmp_path):
+    proc = _multirun(tmp_path, *_args(tiny_beir, tiny_model, tmp_path), "training.learning_rate=1e-4,1e-3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    first = json.loads((sweep / "0" / "report.json").read_text())
+    second = json.loads((sweep / "1" / "report.json").read_text())
+    assert first["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
+    assert second["run"]["ran_now"] == ["finetune", "evaluate"]  # nothing upstream was recomputed
+    log = (sweep / "1" / "train.log").read_text()
+    for stage in ("audit", "baseline", "mine", "triplets"):
+        assert f"stage {stage}: reusing the sweep's shared output" in log
+        assert (sweep / "1" / stage).is_symlink()
+    assert "encode corpus" not in log.replace("cache hit", "")  # corpus vectors came from the cache
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [j["job"] for j in summary["jobs"]] and len(summary["jobs"]) == 2
+    dev = [j["dev_ndcg@10"] for j in summary["jobs"]]
+    assert dev == sorted(dev, reverse=True)
+    assert "training.learning_rate=0.001" in " ".join(summary["jobs"][0]["overrides"] + summary["jobs"][1]["overrides"])
+    assert "Ranked by dev nDCG@10" in (sweep / "sweep_summary.md").read_text()
+
+
+def test_optuna_search_maximises_dev_ndcg(tiny_beir, tiny_model, tmp_path):
+    proc = _multirun(tmp_path, *_args(tiny_beir, tiny_model, tmp_path), "hparams_search=optuna",
+                     "hydra.sweeper.n_trials=2", "training.epochs=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_params" in result and "training.learning_rate" in result and "best_value" in result
