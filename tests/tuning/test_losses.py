@@ -44,12 +44,15 @@ def test_loss_builds_and_one_step_changes_the_weights(tiny_model, tmp_path, loss
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_in_batch_losses_pass_gather_across_devices(tiny_model):
+def test_in_batch_losses_pass_gather_across_devices(tiny_model, monkeypatch):
     model = _load(tiny_model)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     for name in ("mnrl", "cached_mnrl", "gist"):
         for gather in (True, False):
             built = build_loss(model, TrainingConfig(loss=name, gather_across_devices=gather), guide=model)
             assert built.gather_across_devices is gather
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: nothing to gather, so no per-step warning
+    assert build_loss(model, TrainingConfig(loss="mnrl", gather_across_devices=True)).gather_across_devices is False
 
 
 def test_matryoshka_wraps_with_the_configured_dims(tiny_model):

@@ -91,3 +91,19 @@ def plot_mrl(mrl: dict[str, dict[str, dict[str, float]]], path: Path, metric: st
     ax.set_ylabel(metric)
     ax.legend()
     return _save(fig, path)
+
+
+def plot_quality_vs_dims(curves: dict[str, list[dict]], path: Path, metric: str = "ndcg@10") -> Path:
+    """One line per candidate model: how much quality each one keeps as its vectors are truncated."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for model, curve in curves.items():
+        ax.plot([p["dims"] for p in curve], [p[metric] for p in curve], marker="o", label=model)
+    ax.set_xscale("log", base=2)
+    ticks = sorted({p["dims"] for curve in curves.values() for p in curve})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("embedding dimensions (first d, re-normalised)")
+    ax.set_ylabel(metric)
+    if curves:
+        ax.legend(fontsize=7)
+    return _save(fig, path)

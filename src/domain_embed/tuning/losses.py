@@ -6,6 +6,7 @@ Every loss here reads its inputs by column position, so `columns_for` is the one
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from itertools import pairwise
 
@@ -17,15 +18,20 @@ from domain_embed.config import TrainingConfig
 from domain_embed.errors import ConfigError
 
 
+def _gather(cfg: TrainingConfig) -> bool:
+    """Gathering only means something with several ranks; asking for it alone just logs a warning per step."""
+    return cfg.gather_across_devices and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _mnrl(model: SentenceTransformer, cfg: TrainingConfig, guide: SentenceTransformer | None) -> torch.nn.Module:
-    return losses.MultipleNegativesRankingLoss(model, gather_across_devices=cfg.gather_across_devices)
+    return losses.MultipleNegativesRankingLoss(model, gather_across_devices=_gather(cfg))
 
 
 def _cached_mnrl(model: SentenceTransformer, cfg: TrainingConfig, guide: SentenceTransformer | None) -> torch.nn.Module:
     if cfg.mini_batch_size < 1:
         raise ConfigError(f"training.mini_batch_size must be >= 1, got {cfg.mini_batch_size}")
     return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size,
-                                                     gather_across_devices=cfg.gather_across_devices)
+                                                     gather_across_devices=_gather(cfg))
 
 
 def _triplet(model: SentenceTransformer, cfg: TrainingConfig, guide: SentenceTransformer | None) -> torch.nn.Module:
@@ -35,7 +41,7 @@ def _triplet(model: SentenceTransformer, cfg: TrainingConfig, guide: SentenceTra
 def _gist(model: SentenceTransformer, cfg: TrainingConfig, guide: SentenceTransformer | None) -> torch.nn.Module:
     if guide is None:
         raise ConfigError("training.loss=gist needs a guide model (the base model) to filter false negatives")
-    return losses.GISTEmbedLoss(model, guide, gather_across_devices=cfg.gather_across_devices)
+    return losses.GISTEmbedLoss(model, guide, gather_across_devices=_gather(cfg))
 
 
 _BUILDERS: dict[str, Callable[[SentenceTransformer, TrainingConfig, SentenceTransformer | None], torch.nn.Module]] = {

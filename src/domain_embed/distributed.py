@@ -1,0 +1,119 @@
+"""Rank helpers for multi-process runs (`torchrun`, `accelerate launch`): who may write, who waits.
+
+Only fine-tuning is data-parallel (the HF Trainer runs DDP). Every other stage, and every write into the
+run directory (manifests, reports, W&B summaries), happens on global rank 0 while the other ranks wait
+(`main_only`). The process group is joined at the start of the run, before the Trainer would create it,
+so those waits are possible from the first stage on. Without a launcher every helper is a no-op: rank 0
+of a world of 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import ParamSpec, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from domain_embed.errors import DomainEmbedError
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# rank 0 may encode and mine a large corpus alone while the others wait: the collectives' usual
+# 10-30 minute timeout would kill them, so waits get hours (DOMAIN_EMBED_DIST_TIMEOUT_H overrides)
+TIMEOUT = timedelta(hours=float(os.environ.get("DOMAIN_EMBED_DIST_TIMEOUT_H", "6")))
+
+_wait_group: list = []  # the gloo group that waits run on (cached; empty until first needed)
+
+
+class RankFailedError(DomainEmbedError):
+    """Rank 0 failed in a block the other ranks were waiting for: they stop with its message."""
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _initialized() else _env_int("WORLD_SIZE", 1)
+
+
+def rank() -> int:
+    """Global rank: the process group's when joined, else the launcher's RANK, else 0."""
+    return dist.get_rank() if _initialized() else _env_int("RANK", 0)
+
+
+def local_rank() -> int:
+    return _env_int("LOCAL_RANK", 0)
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_process_group() -> bool:
+    """Joins the launcher's process group when WORLD_SIZE > 1 (NCCL with CUDA, else gloo; MASTER_ADDR/PORT
+    from the launcher). Accelerate and the HF Trainer reuse a group that already exists. Returns whether
+    the run is distributed."""
+    if world_size() <= 1:
+        return False
+    if not _initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
+        log.info("joined the process group: rank %d of %d (%s)", rank(), world_size(), dist.get_backend())
+    return True
+
+
+def _group():
+    """The group waits run on: the default one when it is gloo; otherwise a gloo twin, so that a rank
+    waiting for rank 0 holds no GPU collective (and no NCCL watchdog) for hours."""
+    if dist.get_backend() == "gloo":
+        return None
+    if not _wait_group:
+        _wait_group.append(dist.new_group(backend="gloo", timeout=TIMEOUT))
+    return _wait_group[0]
+
+
+def barrier() -> None:
+    if _initialized() and dist.get_world_size() > 1:
+        dist.barrier(group=_group())
+
+
+def main_only(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorator: the call runs on rank 0 only and every rank returns rank 0's (picklable) result once it is
+    done. If it raises on rank 0, the other ranks raise RankFailedError with its message instead of waiting
+    for a barrier that never comes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        if not (_initialized() and dist.get_world_size() > 1):
+            return fn(*args, **kwargs)
+        outcome: list = [None, None]  # [result, error message]
+        failure = None
+        if is_main():
+            try:
+                outcome[0] = fn(*args, **kwargs)
+            except BaseException as exc:
+                failure = exc
+                outcome[1] = f"{exc.__class__.__name__}: {exc}"
+        dist.broadcast_object_list(outcome, src=0, group=_group())
+        if failure is not None:
+            raise failure
+        if outcome[1] is not None:
+            raise RankFailedError(f"rank 0 failed in {fn.__name__}: {outcome[1]}")
+        return outcome[0]
+
+    return wrapper
