@@ -5,6 +5,8 @@ single message; the traceback is shown only with `verbose=true` or HYDRA_FULL_ER
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -22,6 +25,52 @@ from domain_embed.errors import DomainEmbedError
 log = logging.getLogger("domain_embed")
 
 EXIT_USER_ERROR = 2
+# a run directory or cache that cannot be written is the user's to fix, not a crash to debug
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def _fail(message: str) -> None:
+    log.error(message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+class OutputDirCheck(Callback):
+    """Hydra creates the run directory and opens its log file before the task starts: probe it first, so a
+    read-only or full location is one line, not a traceback from Hydra's logging set-up."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _probe(Path(config.hydra.run.dir))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _probe(Path(config.hydra.sweep.dir))
+
+
+def _probe(folder: Path) -> None:
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        _fail(f"{folder}: cannot write the run directory: {exc.strerror} (set hydra.run.dir to a writable place)")
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys of `node` that its dataclass does not declare, as dotted paths. `+key=value` forces a key past
+    Hydra's check, and converting to the dataclasses would then drop it silently."""
+    typ = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(typ)} if dataclasses.is_dataclass(typ) else None
+    found = []
+    for key in node:
+        path = f"{prefix}{key}"
+        if known is not None and key not in known:
+            found.append(path)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            found += unknown_keys(child, path + ".")
+    return found
 
 
 def _summary_lines(report: dict) -> list[str]:
@@ -40,6 +89,8 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
 
     for noisy in ("faiss.loader", "bm25s", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if unknown := unknown_keys(dcfg):
+        _fail(f"unknown config key(s) {', '.join(unknown)}: not in the typed config (check the spelling)")
     try:
         cfg: RootConfig = OmegaConf.to_object(dcfg)
         hydra_cfg = HydraConfig.get()
@@ -49,9 +100,11 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     except (DomainEmbedError, MissingMandatoryValue) as exc:
         if dcfg.get("verbose") or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s: %s", exc.__class__.__name__, exc)
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        _fail(str(exc))
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS or dcfg.get("verbose"):
+            raise
+        _fail(f"{exc.filename or 'output'}: {exc.strerror}")
     for line in _summary_lines(report):
         log.info(line)
     # returned for sweepers (e.g. optuna): the dev metric, so hyperparameters are never tuned on test

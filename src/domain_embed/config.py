@@ -227,6 +227,21 @@ class BudgetConfig:
 
 
 @dataclass
+class CompareConfig:
+    """Stage `compare`: candidate models on the user's own data, the article's model-selection guide."""
+
+    models: list[str] = field(default_factory=list)  # conf/model names, local paths or hub ids
+    domain_models: list[str] = field(default_factory=list)  # candidates trained on this domain (e.g. legal-bert)
+    split: str = "dev"
+    mrl_dims: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    chunk_sizes: list[int] = field(default_factory=list)  # extra chunk windows (tokens) to score per model
+    max_queries: int | None = None
+    throughput_sample: int = 256  # documents encoded uncached to time re-indexing
+    gap_points: float = 0.05  # best dense Recall@10 this far below BM25 means a domain gap: fine-tune
+    mrl_tolerance: float = 0.01  # the smallest dims within this much nDCG@10 of full dims is advised
+
+
+@dataclass
 class RootConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -235,6 +250,7 @@ class RootConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     stages: list[str] = field(default_factory=lambda: ["audit", "baseline", "mine", "triplets", "finetune",
                                                        "evaluate"])
     force: bool = False

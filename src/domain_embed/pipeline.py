@@ -4,9 +4,11 @@ and rebuilds the report from whatever the run directory holds."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from pathlib import Path
 
+from domain_embed import distributed
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.report.build import write_report
@@ -19,6 +21,8 @@ log = logging.getLogger(__name__)
 # stages whose output depends only on data, base model and their own config: in a sweep, jobs that
 # agree on those inputs share one content-addressed copy instead of recomputing it
 SHARED_STAGES = ("audit", "baseline", "mine", "triplets")
+# stages every rank of a launcher (torchrun, accelerate launch) runs together; rank 0 alone runs the rest
+DISTRIBUTED_STAGES = ("finetune",)
 
 
 def plan(selected: list[str]) -> list[str]:
@@ -40,38 +44,78 @@ def plan(selected: list[str]) -> list[str]:
 
 
 def run_pipeline(ctx: RunContext) -> dict:
-    """Runs the plan; returns the report. A stage is redone when forced or when its inputs changed."""
-    tracker = Tracker(ctx.cfg, ctx.run_dir.root, name=ctx.run_dir.root.name)
+    """Runs the plan; returns the report. A stage is redone when forced or when its inputs changed.
+    Under a launcher, rank 0 runs every stage but fine-tuning alone and writes everything; the other
+    ranks wait for it, train with it, and return the report it built."""
+    distributed.init_process_group()
+    tracker = Tracker(ctx.cfg, ctx.run_dir.root, name=ctx.run_dir.root.name) if distributed.is_main() else None
     try:
         done_now = _run_stages(ctx)
-        report = write_report(ctx, ran=done_now)
-        tracker.log_report(report, [Path(p) for p in report["plots"]])
+        return _publish_report(ctx, done_now, tracker)
     finally:
-        tracker.finish()
+        if tracker is not None:
+            tracker.finish()
+
+
+@distributed.main_only
+def _publish_report(ctx: RunContext, done_now: list[str], tracker: Tracker | None) -> dict:
+    report = write_report(ctx, ran=done_now)
+    tracker.log_report(report, [Path(p) for p in report["plots"]])
     return report
 
 
 def _run_stages(ctx: RunContext) -> list[str]:
     done_now: list[str] = []
     for name in plan(list(ctx.cfg.stages)):
-        stage = REGISTRY[name]
-        inputs = stage.inputs(ctx)
-        key = stable_hash(inputs)
-        forced = ctx.cfg.force and name in ctx.cfg.stages
-        shared = ctx.shared_dir / f"{name}-{key[:16]}" if ctx.shared_dir and name in SHARED_STAGES else None
-        if shared and not forced and (shared / MANIFEST).exists():
-            ctx.run_dir.link_stage(name, shared)
-            log.info("stage %s: reusing the sweep's shared output %s", name, shared)
-            continue
-        if not forced and not shared and ctx.run_dir.is_done(name, key):
-            log.info("stage %s: up to date, skipped (force=true redoes it)", name)
-            continue
-        log.info("stage %s: running", name)
-        t0 = time.perf_counter()
-        with ctx.run_dir.stage_output(name, key, inputs, final=shared) as (out, extras):
-            stage.run(ctx, out, extras)
-        if shared:
-            ctx.run_dir.link_stage(name, shared)
-        log.info("stage %s: done in %.1fs", name, time.perf_counter() - t0)
-        done_now.append(name)
+        if name in DISTRIBUTED_STAGES and distributed.world_size() > 1:
+            ran = _run_on_every_rank(ctx, name)
+        else:
+            ran = distributed.main_only(_run_stage)(ctx, name)
+        if ran:
+            done_now.append(name)
     return done_now
+
+
+def _decide(ctx: RunContext, name: str) -> tuple[dict, str, Path | None, bool]:
+    """The stage's inputs and key, its shared (sweep) location, and whether it must run now; links a
+    finished shared output into the run directory."""
+    inputs = REGISTRY[name].inputs(ctx)
+    key = stable_hash(inputs)
+    forced = ctx.cfg.force and name in ctx.cfg.stages
+    shared = ctx.shared_dir / f"{name}-{key[:16]}" if ctx.shared_dir and name in SHARED_STAGES else None
+    if shared and not forced and (shared / MANIFEST).exists():
+        ctx.run_dir.link_stage(name, shared)
+        log.info("stage %s: reusing the sweep's shared output %s", name, shared)
+        return inputs, key, shared, False
+    if not forced and not shared and ctx.run_dir.is_done(name, key):
+        log.info("stage %s: up to date, skipped (force=true redoes it)", name)
+        return inputs, key, shared, False
+    return inputs, key, shared, True
+
+
+def _run_stage(ctx: RunContext, name: str) -> bool:
+    inputs, key, shared, needed = _decide(ctx, name)
+    if not needed:
+        return False
+    log.info("stage %s: running", name)
+    t0 = time.perf_counter()
+    with ctx.run_dir.stage_output(name, key, inputs, final=shared) as (out, extras):
+        REGISTRY[name].run(ctx, out, extras)
+    if shared:
+        ctx.run_dir.link_stage(name, shared)
+    log.info("stage %s: done in %.1fs", name, time.perf_counter() - t0)
+    return True
+
+
+def _run_on_every_rank(ctx: RunContext, name: str) -> bool:
+    """Rank 0 decides and owns the stage output; the others run the same stage into a scratch folder that
+    is thrown away (the stage itself writes only on rank 0)."""
+    needed = distributed.main_only(lambda: _decide(ctx, name)[3])()
+    if needed and distributed.is_main():
+        _run_stage(ctx, name)
+    elif needed:
+        log.info("stage %s: running (rank %d)", name, distributed.rank())
+        with tempfile.TemporaryDirectory(prefix=f"{name}-rank{distributed.rank()}-") as scratch:
+            REGISTRY[name].run(ctx, Path(scratch), {})
+    distributed.barrier()
+    return needed

@@ -13,7 +13,7 @@ from domain_embed.report.markdown import metrics_table, render_markdown
 from domain_embed.report.plots import plot_before_after, plot_mrl, plot_recall_curves
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
-_STAGE_ORDER = ("audit", "baseline", "mine", "triplets", "finetune", "evaluate")
+_STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate")
 _GAP_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10")
 
 
@@ -43,6 +43,8 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
                           "primary_metric": ctx.cfg.eval.primary_metric}
         for key in ("metrics", "ci95", "comparisons"):
             report[key].update(base["systems" if key == "metrics" else key])
+    if "compare" in manifests:
+        report["compare"] = read_json(rd.stage_dir("compare") / "compare.json")
     if report["data"]["split_overlap"]:
         report["warnings"].append(f"queries appear in more than one split: {report['data']['split_overlap']}")
     if "triplets" in manifests:
@@ -103,6 +105,9 @@ def _plots(report: dict, ctx: RunContext) -> list:
         out.append(plot_recall_curves(report["metrics"], folder / "recall_at_k.png"))
     if "mrl" in report:
         out.append(plot_mrl(report["mrl"], folder / "mrl.png"))
+    compare_png = ctx.run_dir.stage_dir("compare") / "quality_vs_dims.png"
+    if "compare" in report and compare_png.exists():
+        out.append(compare_png)
     training_png = ctx.run_dir.stage_dir("finetune") / "training.png"
     if training_png.exists():
         out.append(training_png)

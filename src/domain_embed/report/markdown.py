@@ -63,6 +63,28 @@ def _mining(m: dict) -> str:
             f"{m['pairs_without_negative']} pairs had no negative left.")
 
 
+def compare_table(c: dict) -> str:
+    """One row per candidate, best first, with what re-indexing a million documents would cost."""
+    rows = []
+    for r in c["rows"]:
+        m, w, t = r["metrics"], r["window"], r["throughput"]
+        gb = r["reindex"]["gb_per_million_docs"]["float32"][str(r["dims"])]
+        rows.append([str(r["domain_rank"]), r["model"], r["kind"], _or_dash(r["mteb_retrieval"]),
+                     f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}", f"{m['mrr@10']:.4f}", str(r["dims"]),
+                     str(w["effective"]), f"{r['doc_tokens']['share_over_limit']:.1%}", f"{t['docs_per_s']:.1f}",
+                     f"{gb:.2f}", f"{r['reindex']['hours_per_million_docs']:.1f}", _or_dash(r["licence"])])
+    if c.get("bm25"):
+        b = c["bm25"]
+        rows.append(["", "bm25", "lexical", "-", f"{b['ndcg@10']:.4f}", f"{b['recall@10']:.4f}", f"{b['mrr@10']:.4f}",
+                     *["-"] * 7])
+    return table(["rank", "model", "kind", "MTEB retrieval", "nDCG@10", "Recall@10", "MRR@10", "dims", "window",
+                  "docs over window", "docs/s", "GB / 1M docs (fp32)", "hours to re-encode 1M", "licence"], rows)
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def render_markdown(report: dict) -> str:
     run, data = report["run"], report["data"]
     out = [f"# domain-embed report: {run['model']} on {data['source']}", "",
@@ -78,6 +100,15 @@ def render_markdown(report: dict) -> str:
         ev = report["eval"]
         out += ["", f"## Retrieval quality ({ev['split']} split, {ev['n_queries']} queries)", "",
                 "Mean over queries, with 95% bootstrap CI.", "", metrics_table(report)]
+    if "compare" in report:
+        c = report["compare"]
+        out += ["", f"## Choosing a model ({c['split']} split, {c['n_queries']} queries, {c['documents']} documents)",
+                "", compare_table(c), "", "**Recommendation:**",
+                *[f"- {line}" for line in c["recommendation"]["lines"]]]
+        if c["rank_correlation"].get("spearman") is not None:
+            rc = c["rank_correlation"]
+            out += ["", f"MTEB retrieval rank vs rank on this data: Spearman {rc['spearman']:+.2f} "
+                        f"over {rc['n']} models."]
     if report["comparisons"]:
         out += ["", "## Paired comparisons", "", "Paired bootstrap CI of the difference and a paired "
                 "randomization test over the same queries.", "", _comparisons(report)]

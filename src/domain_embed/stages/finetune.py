@@ -12,6 +12,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 
+from domain_embed import distributed
 from domain_embed.context import RunContext
 from domain_embed.errors import DataError
 from domain_embed.report.plots import plot_training
@@ -72,6 +73,8 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     result = train_model(model, train, dev, training, work, seed=cfg.seed, guide=guide,
                          report_to=trainer_report_to(cfg.tracking), device=cfg.device,
                          query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt)
+    if not distributed.is_main():  # every rank trained the same weights; rank 0 saves them
+        return
     evals = [r for r in result.log_history if "eval_dev_cosine_ndcg@10" in r]
     table = ("| step | dev nDCG@10 |\n|---|---|\n"
              + "\n".join(f"| {r['step']} | {r['eval_dev_cosine_ndcg@10']:.4f} |" for r in evals))

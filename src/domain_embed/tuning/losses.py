@@ -6,7 +6,6 @@ Every loss here reads its inputs by column position, so `columns_for` is the one
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from itertools import pairwise
 
@@ -14,13 +13,14 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer import losses
 
+from domain_embed import distributed
 from domain_embed.config import TrainingConfig
 from domain_embed.errors import ConfigError
 
 
 def _gather(cfg: TrainingConfig) -> bool:
     """Gathering only means something with several ranks; asking for it alone just logs a warning per step."""
-    return cfg.gather_across_devices and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return cfg.gather_across_devices and distributed.world_size() > 1
 
 
 def _mnrl(model: SentenceTransformer, cfg: TrainingConfig, guide: SentenceTransformer | None) -> torch.nn.Module:

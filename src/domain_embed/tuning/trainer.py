@@ -102,8 +102,8 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
         raise ConfigError(f"unknown device '{device}' (expected auto, cpu or cuda)")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible")
-    use_cpu = device == "cpu"
-    on_cuda = torch.cuda.is_available() and not use_cpu
+    on_cuda = torch.cuda.is_available() and device != "cpu"
+    use_cpu = not on_cuda  # also tells Accelerate to run DDP over gloo when launched on CPUs
     best = {"load_best_model_at_end": True, "metric_for_best_model": f"eval_{DEV_NAME}_{DEV_METRIC}",
             "greater_is_better": True} if has_dev else {}
     return SentenceTransformerTrainingArguments(
