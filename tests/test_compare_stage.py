@@ -69,6 +69,10 @@ def test_compare_ranks_loadable_candidates_and_reports_the_rest(make_config, tmp
     assert any(UNREACHABLE in line for line in rec["lines"])
     assert out["rank_correlation"]["spearman"] is None  # no candidate has a published MTEB score
     assert (tmp_path / "run" / "compare" / "quality_vs_dims.png").stat().st_size > 0
+    assert report["compare"]["recommendation"] == rec  # report.json carries it, report.md renders it
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## Choosing a model (dev split, 10 queries, 60 documents)" in md and f"| {base['domain_rank']} | " in md
+    assert rec["lines"][0] in md and "compare/quality_vs_dims.png" in md
 
     again, _ = _compare(make_config, tmp_path, tiny_beir, tiny_model, compare)
     assert again["run"]["ran_now"] == []

@@ -165,7 +165,8 @@ def test_accelerate_configs_load_and_leave_precision_to_the_training_config(name
     assert cfg.mixed_precision == "no"  # else the launcher's setting overrides training.precision
 
 
-def test_slurm_sweep_launcher_config_composes():
+@pytest.mark.parametrize(("launcher", "gpus"), [("slurm", 1), ("submitit_slurm", None)])  # ours; the plugin's own
+def test_slurm_sweep_launcher_config_composes(launcher, gpus):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the 'sweep' extra is not installed")
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
@@ -174,9 +175,9 @@ def test_slurm_sweep_launcher_config_composes():
 
     register_configs()
     with initialize_config_module("domain_embed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}", "hydra.launcher.partition=gpu"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
-    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", gpus, 1)
     assert type(instantiate(launcher)).__name__ == "SlurmLauncher"  # builds it; submits nothing
