@@ -269,7 +269,7 @@ def test_compare_systems():
     assert set(out) == {"ndcg@10", "accuracy@1"}
     assert out["ndcg@10"]["delta"] == pytest.approx(0.25)
     assert out["ndcg@10"]["relative"] == pytest.approx(0.5)  # half of the gap to 1 closed
-    assert out["ndcg@10"]["mean_a"] == 0.5 and out["ndcg@10"]["mean_b"] == 0.75
+    assert out["ndcg@10"]["base_mean"] == 0.5 and out["ndcg@10"]["mean"] == 0.75
     assert out["ndcg@10"]["n_queries"] == 4
     assert out["accuracy@1"]["relative"] is None
     assert set(compare_systems(base, tuned, ["ndcg@10"])) == {"ndcg@10"}
@@ -285,6 +285,6 @@ def test_compare_systems_on_real_metrics():
     better = compute_metrics([[d for d, g in sorted(qrels[q].items(), key=lambda x: -x[1]) if g > 0]
                               for q in qids], qids, qrels, [10])
     out = compare_systems(base, better, ["ndcg@10"], n_samples=500, seed=0)["ndcg@10"]
-    assert out["mean_b"] == pytest.approx(1.0)
+    assert out["mean"] == pytest.approx(1.0)
     assert out["relative"] == pytest.approx(1.0)
     assert out["p_value"] < 0.01

@@ -168,8 +168,9 @@ def compare_systems(per_query_a: PerQueryMetrics, per_query_b: PerQueryMetrics,
                     seed: int = 0) -> dict[str, dict]:
     """`paired_bootstrap` of B against A for each metric (all shared metrics when None).
 
-    Each entry also holds both means and `relative` = delta / (1 - mean_a): the share of the gap to a
-    perfect score that B closed (None when A is already perfect).
+    Each entry also holds `base_mean` (A's), `mean` (B's) and `relative` = delta / (1 - base_mean): the
+    share of the gap to a perfect score that B closed (None when A is already perfect). In a report's
+    "X-vs-Y" comparison, Y is A (the base) and X is B.
     """
     if list(per_query_a.qids) != list(per_query_b.qids):
         raise ValueError("systems were evaluated on different queries (or in a different order)")
@@ -182,9 +183,9 @@ def compare_systems(per_query_a: PerQueryMetrics, per_query_b: PerQueryMetrics,
                 raise KeyError(f"metric {metric!r} missing for system {name}")
         a, b = per_query_a[metric], per_query_b[metric]
         result = paired_bootstrap(a, b, n_samples=n_samples, seed=seed)
-        mean_a = float(a.mean())
-        gap = 1.0 - mean_a
-        result.update(mean_a=mean_a, mean_b=float(b.mean()),
+        base_mean = float(a.mean())
+        gap = 1.0 - base_mean
+        result.update(base_mean=base_mean, mean=float(b.mean()),
                       relative=result["delta"] / gap if gap > 1e-12 else None)
         out[metric] = result
     return out
