@@ -130,6 +130,7 @@ def test_recommend_joins_the_steps_and_lists_unavailable_models():
     rec = recommend(rows, {"recall@10": 0.63}, 0.05, 0.01, [{"model": "e5-base", "reason": "offline"}])
     assert rec["action"] == "general" and rec["model"] == "bge-small"
     assert rec["lines"][0] == rec["gap"]["reason"] and any("256-token window" in line for line in rec["lines"])
-    assert set(rec["mrl"]) == {"minilm", "bge-small"} and "e5-base" in rec["lines"][-1]
+    assert set(rec["mrl"]) == {"minilm", "bge-small"} and rec["lines"][-1] == "e5-base not evaluated: offline"
     empty = recommend([], None, 0.05, 0.01, [{"model": "e5-base", "reason": "offline"}])
-    assert empty["model"] is None and empty["lines"] == ["no candidate model could be evaluated", "e5-base: offline"]
+    assert empty["model"] is None and empty["lines"] == ["no candidate model could be evaluated",
+                                                      "e5-base not evaluated: offline"]

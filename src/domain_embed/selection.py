@@ -161,17 +161,19 @@ def mrl_advice(row: dict, tolerance: float, metric: str = "ndcg@10") -> dict:
     return {**low, "mrl_trained": row.get("mrl_trained"), "text": text}
 
 
+def _unavailable_lines(unavailable) -> list[str]:
+    return [f"{u['model']} not evaluated: {u['reason']}" for u in unavailable]
+
+
 def recommend(rows: list[dict], bm25: dict | None, gap_points: float, mrl_tolerance: float,
               unavailable: list[dict] | tuple = ()) -> dict:
     """The decision guide end to end: the domain gap, context windows and MRL dimensions, as reasons."""
     if not rows:
-        return {"action": "none", "model": None, "lines": ["no candidate model could be evaluated"]
-                + [f"{u['model']}: {u['reason']}" for u in unavailable]}
+        return {"action": "none", "model": None,
+                "lines": ["no candidate model could be evaluated", *_unavailable_lines(unavailable)]}
     gap = domain_gap(rows, bm25, gap_points)
     context = context_advice(rows)
     mrl = {r["model"]: mrl_advice(r, mrl_tolerance) for r in rows}
-    lines = [gap["reason"], *context, *(m["text"] for m in mrl.values())]
-    if unavailable:
-        lines.append(f"not evaluated: {', '.join(u['model'] for u in unavailable)} (reasons under unavailable)")
+    lines = [gap["reason"], *context, *(m["text"] for m in mrl.values()), *_unavailable_lines(unavailable)]
     return {"action": gap["action"], "model": gap["model"], "gap": gap, "context": context, "mrl": mrl,
             "lines": lines}
