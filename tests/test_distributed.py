@@ -139,6 +139,7 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
               "--main_process_port", str(_free_port())]
     train = ["-m", "train", "+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
              f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", "training.batch_size=2", "training.epochs=2",
+             "training.num_negatives=1",  # the tiny data has only 2 rows with 3 mined negatives: less than 2 x 2
              "training.eval_steps=1", "training.save_steps=1", "training.logging_steps=1"]
     proc = subprocess.run(launch + train, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=150)
     out = proc.stdout + proc.stderr

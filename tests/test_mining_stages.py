@@ -27,7 +27,8 @@ def _labelled(beir):
 
 def test_mine_and_triplets_write_dataset_and_meta(make_config, overrides, tmp_path, tiny_beir):
     run = tmp_path / "run"
-    report = run_pipeline(RunContext(make_config(run, *overrides, "mining.relative_margin=null"), run))
+    report = run_pipeline(RunContext(make_config(run, *overrides, "mining.relative_margin=null",
+                                            "training.num_negatives=1"), run))
     assert report["cost"]["corpus_encodes"] == 1  # mining reused the baseline's corpus vectors
     assert json.loads((run / "mine" / "manifest.json").read_text())["cost"]["corpus_encodes"] == 0
     data = DatasetDict.load_from_disk(str(run / "triplets" / "dataset"))

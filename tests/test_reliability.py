@@ -25,8 +25,8 @@ from domain_embed.retrieval.embed import Embedder
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SECRETS = {"WANDB_API_KEY": "wandb-sentinel-3f9c1e0d", "HF_TOKEN": "hf_sentinel8d2b7a41"}
-TRAINING = ["training.batch_size=4", "training.epochs=2", "training.eval_steps=2", "training.save_steps=2",
-            "training.logging_steps=1", "training.learning_rate=1e-3"]
+TRAINING = ["training.batch_size=4", "training.epochs=2", "training.num_negatives=1", "training.eval_steps=2",
+            "training.save_steps=2", "training.logging_steps=1", "training.learning_rate=1e-3"]
 
 HOOK = textwrap.dedent("""
     import os, time

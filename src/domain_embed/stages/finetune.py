@@ -61,8 +61,13 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     view = "triplet" if training.loss == "triplet" else "mnrl"
     data = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / view))
     train = data["train"].select_columns(columns_for(training.loss, training.num_negatives))
-    if len(train) == 0:
-        raise DataError("no training triplets survived mining; see triplets/mining_meta.json", field="triplets")
+    ranks = distributed.world_size()
+    # several ranks drop each epoch's last partial batch (equal steps everywhere): fewer rows than one global batch
+    # would leave nothing to train on, and the HF Trainer would only say the dataloader has no length
+    if len(train) == 0 or (ranks > 1 and len(train) < training.batch_size * ranks):
+        raise DataError(f"{len(train)} training rows with {training.num_negatives} hard negatives each, fewer than one "
+                        f"batch ({training.batch_size} per rank x {ranks} rank(s)): lower training.batch_size or "
+                        "training.num_negatives, or mine more (see triplets/mining_meta.json)", field="triplets")
     dev_rows = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / "dataset"))["dev"]
     dev = dev_set(ctx, dev_rows, training.dev_corpus_size, cfg.seed) if len(dev_rows) else None
 
