@@ -94,7 +94,10 @@ def _decide(ctx: RunContext, name: str) -> tuple[dict, str, Path | None, bool]:
 
 
 def _run_stage(ctx: RunContext, name: str) -> bool:
-    inputs, key, shared, needed = _decide(ctx, name)
+    return _execute(ctx, name, *_decide(ctx, name))
+
+
+def _execute(ctx: RunContext, name: str, inputs: dict, key: str, shared: Path | None, needed: bool) -> bool:
     if not needed:
         return False
     log.info("stage %s: running", name)
@@ -108,11 +111,12 @@ def _run_stage(ctx: RunContext, name: str) -> bool:
 
 
 def _run_on_every_rank(ctx: RunContext, name: str) -> bool:
-    """Rank 0 decides and owns the stage output; the others run the same stage into a scratch folder that
-    is thrown away (the stage itself writes only on rank 0)."""
-    needed = distributed.main_only(lambda: _decide(ctx, name)[3])()
-    if needed and distributed.is_main():
-        _run_stage(ctx, name)
+    """Rank 0 decides (once) and owns the stage output; the others run the same stage into a scratch folder
+    that is thrown away (the stage itself writes only on rank 0)."""
+    decision = distributed.main_only(_decide)(ctx, name)
+    needed = decision[3]
+    if distributed.is_main():
+        _execute(ctx, name, *decision)
     elif needed:
         log.info("stage %s: running (rank %d)", name, distributed.rank())
         with tempfile.TemporaryDirectory(prefix=f"{name}-rank{distributed.rank()}-") as scratch:

@@ -31,6 +31,7 @@ from sentence_transformers.util import cos_sim
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 
+from domain_embed import distributed
 from domain_embed.config import LoraConfig, TrainingConfig
 from domain_embed.errors import ConfigError
 from domain_embed.tuning.losses import build_loss, columns_for
@@ -134,7 +135,7 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
         data_seed=seed,
         dataloader_num_workers=cfg.dataloader_workers,
         dataloader_pin_memory=on_cuda,
-        dataloader_drop_last=int(os.environ.get("WORLD_SIZE", "1")) > 1,  # set by torchrun / accelerate launch
+        dataloader_drop_last=distributed.world_size() > 1,  # equal steps on every rank
         report_to=list(report_to) or "none",
     )
 
