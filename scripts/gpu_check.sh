@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # GPU machine check in under 5 minutes on one H100; prints one table (see scripts/gpu_check.py).
-#   bash scripts/gpu_check.sh [--data DIR] [--json out.json]
-#   bash scripts/gpu_check.sh --quick      # reduced sizes: also runs on a CPU-only machine
+#   bash scripts/gpu_check.sh [--data DIR] [--model DIR] [--json out.json]
+#   bash scripts/gpu_check.sh --bundle DIR [...]   # air-gapped: install DIR (scripts/offline_bundle.py) first,
+#                                                  # then check with its venv, model and data
+#   bash scripts/gpu_check.sh --quick              # reduced sizes: also runs on a CPU-only machine
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if [ "${1:-}" = "--bundle" ]; then
+  BUNDLE=$(cd "${2:?--bundle needs the bundle folder}" && pwd)
+  shift 2
+  export VENV=${VENV:-$BUNDLE/venv}
+  bash "$BUNDLE/install.sh"
+  DATA=(); [ -d "$BUNDLE/data" ] && DATA=(--data "$BUNDLE/data")
+  exec "$VENV/bin/python" "$HERE/gpu_check.py" --model "$VENV/model" "${DATA[@]}" "$@"
+fi
+cd "$HERE/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 exec "$PYTHON" scripts/gpu_check.py "$@"

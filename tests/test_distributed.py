@@ -1,5 +1,6 @@
 """Two ranks on this CPU (gloo): rank-0-only writes, in-batch negatives gathered from every rank, and the
-whole pipeline under `accelerate launch`; plus the shipped launcher configs."""
+whole pipeline under `accelerate launch`; plus the shipped launcher configs, and (with torch.cuda and the
+process group faked) what a GPU launch would join, on which GPU."""
 
 import json
 import os
@@ -7,11 +8,15 @@ import socket
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
 
 from domain_embed import distributed
+from domain_embed.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
@@ -129,6 +134,64 @@ def test_without_a_launcher_every_helper_is_a_no_op(monkeypatch):
 
     with pytest.raises(KeyError, match="as is"):  # the original error, not a RankFailedError
         fails()
+
+
+def _fake_gpus(monkeypatch, count: int) -> list[int]:
+    """`count` visible GPUs; returns the devices that set_device is given."""
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+def _fake_join(monkeypatch, local_rank: int, visible: str | None = None) -> dict:
+    """Rank 1 of a 2-process launch whose joining records init_process_group's arguments instead."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": str(local_rank),
+                        "CUDA_VISIBLE_DEVICES": visible}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    joined: dict = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: joined.update(kwargs))
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: joined["backend"])
+    return joined
+
+
+def test_only_the_gloo_waits_get_the_long_timeout(monkeypatch):
+    """A hung NCCL collective must free the GPUs after the usual half hour, not hold them for TIMEOUT's hours."""
+    _fake_gpus(monkeypatch, 8)
+    joined = _fake_join(monkeypatch, local_rank=1)
+    assert distributed.init_process_group()
+    assert joined["backend"] == "nccl" and joined["timeout"] <= timedelta(minutes=30)
+    waits: dict = {}
+    monkeypatch.setattr(distributed, "_wait_group", [])
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: waits.update(kwargs) or "gloo twin")
+    assert distributed._group() == "gloo twin" and waits == {"backend": "gloo", "timeout": distributed.TIMEOUT}
+
+    _fake_gpus(monkeypatch, 0)  # on CPUs the default gloo group carries the waits itself
+    assert distributed.init_process_group() and joined == {"backend": "gloo", "timeout": distributed.TIMEOUT}
+
+
+@pytest.mark.parametrize(("local_rank", "count", "visible", "device"), [
+    (3, 1, "5", 0),  # SLURM or a k8s operator: each task sees only its own GPU
+    (1, 4, None, 1),  # torchrun on a 4-GPU node
+    (2, 4, "4,5,6,7", 2),  # the same on the node's other half
+])
+def test_each_rank_takes_its_gpu_among_the_visible_ones(monkeypatch, local_rank, count, visible, device):
+    chosen = _fake_gpus(monkeypatch, count)
+    _fake_join(monkeypatch, local_rank, visible)
+    assert distributed.init_process_group() and chosen == [device]
+
+
+def test_a_local_rank_beyond_the_visible_gpus_is_refused_with_what_was_seen(monkeypatch):
+    _fake_gpus(monkeypatch, 2)
+    joined = _fake_join(monkeypatch, local_rank=3, visible="0,1")
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK=3 .* 2 GPU\(s\) \(CUDA_VISIBLE_DEVICES=0,1\)"):
+        distributed.init_process_group()
+    assert not joined
 
 
 def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_model, tmp_path):

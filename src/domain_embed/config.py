@@ -84,6 +84,8 @@ class ModelConfig:
     document_prompt: str = ""
     normalize: bool = True
     trust_remote_code: bool = False
+    # auto | fp32 | bf16 | fp16; auto = the GPU's native half type (bf16 on Ampere+, fp16 before) on CUDA, fp32 on CPU
+    encode_dtype: str = "auto"
     # what the selection guide needs (published facts about the model)
     context_window: int | None = None
     dims: int | None = None
@@ -113,7 +115,7 @@ class SearchConfig:
     nprobe: int = 32  # IVF cells visited per query
     pq_m: int | None = None  # IVF-PQ sub-quantizers; None keeps full vectors (IVF-Flat)
     train_size: int = 262144  # vectors sampled to train the IVF quantizer
-    fp16: bool = False  # GPU: keep the index in float16 (half the memory)
+    fp16: bool = False  # float16 index/corpus (half the memory), FAISS GPU or torch; the backend label says "fp16"
     query_block: int = 4096  # queries searched per block: bounds memory
     allow_cpu_fallback: bool = False  # a GPU request that cannot be met is an error unless true
 

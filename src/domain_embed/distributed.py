@@ -19,7 +19,7 @@ from typing import ParamSpec, TypeVar
 import torch
 import torch.distributed as dist
 
-from domain_embed.errors import DomainEmbedError
+from domain_embed.errors import ConfigError, DomainEmbedError
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 # rank 0 may encode and mine a large corpus alone while the others wait: the collectives' usual
-# 10-30 minute timeout would kill them, so waits get hours (DOMAIN_EMBED_DIST_TIMEOUT_H overrides)
+# 10-30 minute timeout would kill them, so the gloo waits get hours (DOMAIN_EMBED_DIST_TIMEOUT_H overrides)
 TIMEOUT = timedelta(hours=float(os.environ.get("DOMAIN_EMBED_DIST_TIMEOUT_H", "6")))
+# NCCL only carries training's collectives: a hung one must free the GPUs soon. The HF Trainer's own default
+# (ddp_timeout), which it would use had it created the group
+NCCL_TIMEOUT = timedelta(minutes=30)
 
 _wait_group: list = []  # the gloo group that waits run on (cached; empty until first needed)
 
@@ -71,10 +74,32 @@ def init_process_group() -> bool:
     if not _initialized():
         cuda = torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(local_rank())
-        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=TIMEOUT)
+            torch.cuda.set_device(_cuda_device())
+        # gloo carries the waits too when it is the default group; NCCL never does (see _group)
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=NCCL_TIMEOUT if cuda else TIMEOUT)
         log.info("joined the process group: rank %d of %d (%s)", rank(), world_size(), dist.get_backend())
     return True
+
+
+def _cuda_device() -> int:
+    """This rank's GPU among the visible ones. Launchers such as SLURM or some k8s operators show each task
+    only its own GPU (CUDA_VISIBLE_DEVICES per task), so LOCAL_RANK may be 3 where one GPU is visible.
+    Accelerate picks the same GPU (LOCAL_RANK modulo the count) but wraps round where this refuses: two
+    ranks would share a GPU."""
+    count, local = torch.cuda.device_count(), local_rank()
+    if count == 1:
+        return 0
+    if local < count:
+        return local
+    raise ConfigError(f"LOCAL_RANK={local} but this process sees {count} GPU(s) (CUDA_VISIBLE_DEVICES="
+                      f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}): give each process its own GPU")
+
+
+def warn_one_gpu(count: int) -> None:
+    """Training without a launcher keeps to one GPU (see `training_arguments`): say how to use them all."""
+    log.warning("%d GPUs are visible but no launcher started this run: training on one, without nn.DataParallel. "
+                "For all of them: accelerate launch --config_file conf/accelerate/multi_gpu.yaml --num_processes %d "
+                "-m train ...", count, count)
 
 
 def _group():

@@ -30,7 +30,11 @@ class Tracker:
             raise ConfigError(f"tracking.backend={self.cfg.backend!r}: expected none or wandb")
         self.run = None
         if self.cfg.backend == "wandb":
-            import wandb
+            try:
+                import wandb
+            except ImportError as exc:
+                raise ConfigError("tracking=wandb needs wandb, which is not installed: "
+                                  "pip install 'domain-embed[wandb]' (or use tracking=none)") from exc
 
             if self.cfg.mode:
                 os.environ["WANDB_MODE"] = self.cfg.mode

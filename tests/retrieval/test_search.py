@@ -3,7 +3,14 @@ import pytest
 
 from domain_embed.config import SearchConfig
 from domain_embed.errors import ConfigError
-from domain_embed.retrieval.search import choose_backend, search, search_documents, search_to_disk
+from domain_embed.retrieval.search import (
+    FAISS_GPU_MAX_K,
+    choose_backend,
+    documents_by_best_window,
+    search,
+    search_documents,
+    search_to_disk,
+)
 
 
 def _data(nq=37, nd=501, dim=16, seed=0):
@@ -38,6 +45,28 @@ def test_torch_backend_merges_corpus_blocks(monkeypatch):
     np.testing.assert_array_equal(res.indices, _brute(q, d, 20)[1])
 
 
+def test_torch_precision_is_float32_unless_fp16_is_asked():
+    """The CUDA decision, checked on CPU: "exact" must not silently mean float16 on a GPU."""
+    import torch
+
+    from domain_embed.retrieval.search import _torch_precision
+
+    assert _torch_precision("cuda", False) == (torch.float32, "torch-cuda")
+    assert _torch_precision("cuda", True) == (torch.float16, "torch-cuda(fp16)")
+
+
+def test_torch_fp16_runs_on_any_device_and_says_so():
+    q, d = _clustered(500, dim=16, nq=20)
+    res = search(q, d, 10, SearchConfig(backend="torch", device="cpu", fp16=True))
+    assert res.backend == "torch-cpu(fp16)"
+    assert _recall(res.indices, _brute(q, d, 10)[1]) > 0.9  # 16-bit rounding only reorders near-ties
+
+
+def test_torch_backend_reports_the_corpus_upload_as_add():
+    res = search(*_data(), 5, SearchConfig(backend="torch", device="cpu"))
+    assert set(res.timings) == {"add", "search"}
+
+
 def test_k_is_clipped_to_corpus_size():
     q, d = _data(nd=5)
     assert search(q, d, 100, SearchConfig(backend="faiss", device="cpu")).indices.shape == (37, 5)
@@ -55,6 +84,14 @@ def test_backend_choice_and_impossible_requests():
             choose_backend("auto", "cuda", 10)
 
 
+def _brute_documents(q, w, parents, n_docs, k):
+    """Every window scored, each document by its best one: the ranking search_documents must reproduce."""
+    doc_scores = np.full((n_docs, len(q)), -np.inf, dtype=np.float32)
+    np.maximum.at(doc_scores, parents, (q @ w.T).T)
+    idx = np.argsort(-doc_scores.T, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(doc_scores.T, idx, 1), idx
+
+
 def test_search_documents_scores_a_document_by_its_best_window():
     rng = np.random.default_rng(1)
     n_docs = 40
@@ -63,14 +100,126 @@ def test_search_documents_scores_a_document_by_its_best_window():
     parents = np.sort(parents)
     q, w = _data(nq=11, nd=len(parents), seed=2)
     res = search_documents(q, w, parents, n_docs, 15, SearchConfig(backend="faiss", device="cpu"))
-    s = q @ w.T
-    doc_scores = np.full((len(q), n_docs), -np.inf, dtype=np.float32)
-    for j, p in enumerate(parents):
-        doc_scores[:, p] = np.maximum(doc_scores[:, p], s[:, j])
-    ref = np.argsort(-doc_scores, axis=1, kind="stable")[:, :15]
-    np.testing.assert_array_equal(res.indices, ref)
-    np.testing.assert_allclose(res.scores, np.take_along_axis(doc_scores, ref, 1), rtol=1e-5, atol=1e-5)
+    ref_s, ref_i = _brute_documents(q, w, parents, n_docs, 15)
+    np.testing.assert_array_equal(res.indices, ref_i)
+    np.testing.assert_allclose(res.scores, ref_s, rtol=1e-5, atol=1e-5)
     assert all(len(set(row)) == 15 for row in res.indices.tolist())
+
+
+def test_best_window_rule_breaks_ties_by_window_order():
+    docs, scores = documents_by_best_window(np.array([0.5, 0.9, 0.9, 0.1, 0.7], dtype=np.float32),
+                                            np.array([2, 1, 0, 2, 0]))
+    assert docs.tolist() == [1, 0, 2]
+    np.testing.assert_array_equal(scores, np.array([0.9, 0.9, 0.5], dtype=np.float32))
+
+
+def _long_documents(near_docs, windows_each, far_docs, nq_near=4, nq_far=2, dim=8, seed=3):
+    """`near_docs` documents of `windows_each` windows around a centroid, `far_docs` one-window documents
+    opposite, windows of a document scattered: queries near the centroid need every near window before
+    they see k documents; queries opposite find k in their first windows."""
+    rng = np.random.default_rng(seed)
+    c = np.zeros(dim, dtype=np.float32)
+    c[0] = 3
+    parents = np.concatenate([np.repeat(np.arange(near_docs), windows_each), near_docs + np.arange(far_docs)])
+    w = np.where((parents < near_docs)[:, None], c, -c) + rng.standard_normal((len(parents), dim)).astype(np.float32)
+    q = np.concatenate([np.tile(c, (nq_near, 1)), np.tile(-c, (nq_far, 1))])
+    q += rng.standard_normal(q.shape).astype(np.float32)
+    order = rng.permutation(len(parents))
+    return q, w[order], parents[order]
+
+
+def _record_searches(monkeypatch):
+    """(rows, k) of every block search, whatever the backend."""
+    import domain_embed.retrieval.search as mod
+
+    calls, searcher = [], mod._searcher
+
+    def recording(corpus, k, cfg, timings):
+        search_block, label, chosen = searcher(corpus, k, cfg, timings)
+
+        def search_and_record(q, k):
+            calls.append((len(q), k))
+            return search_block(q, k)
+
+        return search_and_record, label, chosen
+
+    monkeypatch.setattr(mod, "_searcher", recording)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_search_documents_requeries_only_short_rows_and_stays_exact(monkeypatch, backend):
+    import domain_embed.retrieval.search as mod
+
+    monkeypatch.setattr(mod, "_CORPUS_BLOCK", 64)  # torch merges k across many corpus blocks
+    calls = _record_searches(monkeypatch)
+    q, w, parents = _long_documents(near_docs=6, windows_each=50, far_docs=30)
+    n_docs, k = 36, 10
+    res = search_documents(q, w, parents, n_docs, k, SearchConfig(backend=backend, device="cpu", query_block=4))
+    ref_s, ref_i = _brute_documents(q, w, parents, n_docs, k)
+    np.testing.assert_array_equal(res.indices, ref_i)
+    np.testing.assert_allclose(res.scores, ref_s, rtol=1e-5, atol=1e-5)
+    assert calls[:2] == [(4, 40), (2, 40)]  # every row once, in query blocks
+    requeried = {kk: sum(rows for rows, c in calls[2:] if c == kk) for _, kk in calls[2:]}
+    assert requeried == {80: 4, 160: 4, 320: 4}  # only the 4 near queries, until 6 x 50 + 4 windows are in
+    assert all(rows * kk <= 4 * 40 or rows == 1 for rows, kk in calls)  # fewer rows per search as k grows
+
+
+def _fake_faiss_gpus(monkeypatch, n_gpus, to_gpu):
+    """FAISS GPU simulated on CPU: `to_gpu(cpu_index)` plays the sharded clone; k-means stays on the CPU index."""
+    import faiss
+
+    def index_cpu_to_all_gpus(index, co=None):
+        if co is None:  # k-means assignment index
+            return index
+        assert co.shard  # a slice of the corpus per GPU, not a copy of all of it on each
+        return to_gpu(index)
+
+    _no_gpu(monkeypatch, faiss_gpus=n_gpus)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", lambda: type("Co", (), {})(), raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", index_cpu_to_all_gpus, raising=False)
+
+
+class _KRecordingIndex:
+    """A CPU index standing in for a FAISS GPU one: remembers every k it was asked for."""
+
+    def __init__(self, index):
+        self.index, self.ks = index, []
+
+    def add(self, x):
+        self.index.add(x)
+
+    def search(self, q, k):
+        self.ks.append(k)
+        return self.index.search(q, k)
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_search_documents_never_asks_faiss_gpu_for_more_than_its_k_limit(monkeypatch, caplog, index):
+    gpu_indexes = []
+
+    def to_gpu(cpu_index):
+        gpu_indexes.append(_KRecordingIndex(cpu_index))
+        return gpu_indexes[-1]
+
+    _fake_faiss_gpus(monkeypatch, 1, to_gpu)
+    q, w, parents = _long_documents(near_docs=9, windows_each=300, far_docs=20)  # 2,720 windows
+    n_docs, k = 29, 10
+    cfg = SearchConfig(index=index, nlist=4, nprobe=4, allow_cpu_fallback=True)
+    with caplog.at_level("WARNING"):
+        res = search_documents(q, w, parents, n_docs, k, cfg)
+    [gpu_index] = gpu_indexes
+    assert max(gpu_index.ks) == FAISS_GPU_MAX_K  # doubled up to the limit, never past it
+    ref_s, ref_i = _brute_documents(q, w, parents, n_docs, k)
+    if index == "flat":  # beyond the limit: the backend choose_backend picks for that k (no CUDA here: faiss-cpu)
+        assert res.backend == "faiss-gpu(1)+faiss-cpu" and "k=2720 exceeds FAISS GPU's limit" in caplog.text
+        np.testing.assert_array_equal(res.indices, ref_i)
+        np.testing.assert_allclose(res.scores, ref_s, rtol=1e-5, atol=1e-5)
+    else:  # IVF stops at the limit: the near queries see 9 documents in 2,048 windows, the 10th is padding
+        assert res.backend.startswith("faiss-ivf-gpu(1,") and "+" not in res.backend
+        np.testing.assert_array_equal(res.indices[:4, :9], ref_i[:4, :9])
+        assert np.all(res.indices[:4, 9] == -1) and np.all(np.isneginf(res.scores[:4, 9]))
+        np.testing.assert_array_equal(res.indices[4:], ref_i[4:])
 
 
 # --- scale: IVF, float16 memmaps, streaming to disk, device rules -------------------------------------------------
@@ -257,25 +406,24 @@ def test_ivf_needs_faiss():
 @pytest.mark.parametrize("index", ["flat", "ivf"])
 def test_gpu_sharding_adds_in_blocks(monkeypatch, index):
     """Simulates faiss's multi-GPU cloner on CPU (IndexShards of empty copies, as faiss builds them):
-    sharded flat indexes take a single add(), so blocks must go to each shard directly."""
+    sharded flat indexes take a single add(), so blocks must go to each shard directly. GPU phases are
+    timed once the GPUs are done (the CUDA synchronisation is counted)."""
     import faiss
 
     import domain_embed.retrieval.search as mod
 
-    def to_all_gpus(cpu_index, co=None):
-        if co is None:  # k-means assignment index
-            return cpu_index
-        assert co.shard
+    def to_all_gpus(cpu_index):
         shards = faiss.IndexShards(cpu_index.d, True, isinstance(cpu_index, faiss.IndexFlat))
         for _ in range(3):
             shards.add_shard(faiss.clone_index(cpu_index))
         return shards
 
-    _no_gpu(monkeypatch, faiss_gpus=3)
-    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", lambda: type("Co", (), {})(), raising=False)
-    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_all_gpus, raising=False)
+    _fake_faiss_gpus(monkeypatch, 3, to_all_gpus)
+    syncs = []
+    monkeypatch.setattr(mod, "_sync_cuda", lambda: syncs.append(1))
     monkeypatch.setattr(mod, "_CORPUS_BLOCK", 100)
     q, d = _data(nd=1000)
     res = search(q, d, 10, SearchConfig(index=index, nlist=8, nprobe=8, fp16=True))
     np.testing.assert_array_equal(res.indices, _brute(q, d, 10)[1])
     assert res.backend == ("faiss-gpu(3,fp16)" if index == "flat" else "faiss-ivf-gpu(3,nlist=8,nprobe=8,fp16)")
+    assert len(syncs) == (1 if index == "flat" else 2)  # add; train and add

@@ -28,12 +28,16 @@ DOCS = {
 IDS = list(DOCS)
 
 
-def _mine(cfg: MiningConfig, rescore=None, qrels=None):
-    emb = np.array([_unit(s) for s, _ in DOCS.values()], dtype=np.float32)
+def _mine(cfg: MiningConfig, rescore=None, qrels=None, windows_per_doc=1):
+    """With several windows per document, each document's best window scores as in DOCS and comes last;
+    the weaker ones (halving) come first, windows of different documents interleaved."""
+    windows = [(i, s * 0.5**j) for j in reversed(range(windows_per_doc)) for i, (s, _) in enumerate(DOCS.values())]
+    emb = np.array([_unit(s) for _, s in windows], dtype=np.float32)
     mined = qrels or {"train": {"q1": {"pos": 1}}}
     return mine_hard_negatives(
         query_ids=["q1"], query_splits=["train"], query_emb=np.array([[1.0, 0.0]], dtype=np.float32),
-        window_emb=emb, parents=np.arange(len(IDS)), corpus_ids=IDS, documents=[t for _, t in DOCS.values()],
+        window_emb=emb, parents=np.array([i for i, _ in windows]), corpus_ids=IDS,
+        documents=[t for _, t in DOCS.values()],
         mined_qrels=mined, all_qrels={**mined, "test": {"q1": {"other_split_pos": 1}}}, cfg=cfg, seed=0,
         rescore=rescore)
 
@@ -51,6 +55,19 @@ def test_default_rules_keep_only_true_hard_negatives():
     assert res.dropped["same_text"] == 1 and res.dropped["relative_margin"] == 1
     assert res.candidates == len(IDS) and res.kept_before_sampling == 4
     assert res.stats()["rule_removing_most"] == "labelled_positive"
+
+
+def test_chunked_documents_score_their_best_window_when_ranked_as_positives_and_as_random_fill():
+    res = _mine(_cfg(num_negatives=3), windows_per_doc=3)  # same outcome as one window per document
+    q = res.queries[0]
+    assert q.negative_ids == ["hard1", "hard2", "hard3"]
+    assert q.negative_scores == pytest.approx([0.85, 0.80, 0.70], abs=1e-6)
+    assert q.positive_scores == pytest.approx([0.90], abs=1e-6)
+    res = _mine(_cfg(range_max=5, num_negatives=3), windows_per_doc=3)  # only hard1 passes in ranks 0-4
+    q = res.queries[0]
+    assert res.random_fill == 2 and len(q.negative_ids) == 3
+    assert dict(zip(q.negative_ids, q.negative_scores, strict=True)) == pytest.approx(
+        {d: DOCS[d][0] for d in q.negative_ids}, abs=1e-6)
 
 
 def test_rank_window_skips_the_top_ranks():

@@ -1,6 +1,8 @@
-"""The trainer wrapper on the tiny model: dev metrics and best checkpoint, saving, and exact resumption."""
+"""The trainer wrapper on the tiny model: dev metrics and best checkpoint, saving, and exact resumption; and the
+arguments a (faked) GPU machine would get."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
 
@@ -95,6 +98,35 @@ def test_training_arguments_map_the_config(tmp_path):
     assert plain.prompts is None
 
 
+def _fake_gpus(monkeypatch, count: int, *, native_bf16: bool) -> None:
+    """`count` GPUs; without native bf16 (T4, V100) torch still reports bf16 support, through emulation."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16
+                        or including_emulation)
+
+
+@pytest.mark.parametrize(("native_bf16", "precision"), [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_takes_bf16_only_where_the_gpu_has_it_natively(monkeypatch, tmp_path, native_bf16,
+                                                                      precision):
+    _fake_gpus(monkeypatch, 1, native_bf16=native_bf16)
+    args = training_arguments(_cfg(), tmp_path, seed=0, columns=["anchor", "positive"], has_dev=False)
+    assert (args.bf16, args.fp16) == (precision == "bf16", precision == "fp16")
+
+
+def test_several_gpus_without_a_launcher_train_on_one_not_data_parallel(monkeypatch, tmp_path, caplog):
+    """Not nn.DataParallel over all four: one GPU, and the log says how to launch on every one."""
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    _fake_gpus(monkeypatch, 4, native_bf16=True)
+    with caplog.at_level(logging.WARNING, logger="domain_embed.distributed"):
+        args = training_arguments(_cfg(), tmp_path, seed=0, columns=["anchor", "positive"], has_dev=False)
+    assert args.n_gpu == 1 and args.parallel_mode.value == "not_parallel"
+    assert args.train_batch_size == args.per_device_train_batch_size  # not 4 GPUs' worth
+    assert "accelerate launch --config_file conf/accelerate/multi_gpu.yaml --num_processes 4 -m train" in caplog.text
+
+
 @pytest.mark.parametrize(("overrides", "has_dev", "message"), [
     ({"save_steps": 4, "eval_steps": 2}, True, "must equal training.eval_steps"),
     ({"precision": "fp8"}, False, "unknown training.precision"),
@@ -103,6 +135,13 @@ def test_training_arguments_map_the_config(tmp_path):
 def test_training_arguments_reject_bad_configs(tmp_path, overrides, has_dev, message):
     with pytest.raises(ConfigError, match=message):
         training_arguments(_cfg(**overrides), tmp_path, seed=0, columns=["anchor"], has_dev=has_dev)
+
+
+def test_gradient_checkpointing_reaches_the_model(tiny_model, tmp_path):
+    """tests/test_lowest_pins.py checks the same under the oldest transformers and sentence-transformers."""
+    model = _load(tiny_model)
+    train_model(model, _triplets(8), None, _cfg(max_steps=1, gradient_checkpointing=True), tmp_path, seed=0)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def test_dataset_and_config_mismatches_fail_before_training(tiny_model, tmp_path):

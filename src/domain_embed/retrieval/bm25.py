@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# bm25s runs a JAX op when it is imported (where JAX is installed, as on many GPU images): JAX would then take 75%
+# of the GPU's memory before torch encodes or trains. BM25 needs no GPU, so JAX stays on the CPU unless set.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import bm25s
 import numpy as np
 import Stemmer

@@ -1,7 +1,7 @@
 """Model loading and cached encoding: the only place in the package that encodes text.
 
-Each text list is encoded once per (model fingerprint, texts, max_seq_length, prompt, dtype) and
-kept on disk as a memory-mapped .npy, so every later stage, run and sweep job reuses it.
+Each text list is encoded once per (model fingerprint, texts, max_seq_length, prompt, encode dtype, cache
+dtype) and kept on disk as a memory-mapped .npy, so every later stage, run and sweep job reuses it.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domain_embed.config import ModelConfig
-from domain_embed.errors import ModelLoadError
+from domain_embed.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
 _SKIP_IN_FINGERPRINT = {"README.md", ".gitattributes"}
 _ENCODE_BLOCK = 1024  # texts per block: progress and memory granularity
+_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # model.encode_dtype -> torch name
 
 
 def resolve_model_location(cfg: ModelConfig) -> str:
@@ -44,6 +45,22 @@ def resolve_model_location(cfg: ModelConfig) -> str:
         else:
             return str(module.get_model_path())
     return cfg.hub_id
+
+
+def resolve_encode_dtype(encode_dtype: str, device: str | None) -> str:
+    """`auto` is settled from the device setting, never from a loaded model: the result is part of the cache key,
+    and a cache hit must not load the model."""
+    if encode_dtype in _TORCH_DTYPES:
+        return encode_dtype  # bf16 and fp16 are honoured on CPU too: torch runs both there (fp16 slowly)
+    if encode_dtype != "auto":
+        raise ConfigError(f"unknown model.encode_dtype '{encode_dtype}' (expected auto, fp32, bf16 or fp16)")
+    import torch
+
+    from domain_embed.devices import half_dtype
+
+    if torch.cuda.is_available() and (device is None or device.startswith("cuda")):
+        return "bf16" if half_dtype() == torch.bfloat16 else "fp16"
+    return "fp32"
 
 
 def _hash_directory(path: Path) -> str:
@@ -91,6 +108,7 @@ class Embedder:
         self.location = resolve_model_location(cfg)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.device = None if device in (None, "auto") else device
+        self.encode_dtype = resolve_encode_dtype(cfg.encode_dtype, self.device)
         self.batch_size = batch_size
         self._max_seq_length = max_seq_length or cfg.max_seq_length
         self.cache_dtype = np.dtype(cache_dtype)
@@ -99,20 +117,25 @@ class Embedder:
 
     @cached_property
     def model(self):
+        """Loaded straight in the encode dtype (no float32 copy on the GPU first); sentence-transformers casts the
+        modules after the transformer to match. An explicit dtype also overrides transformers' default of the
+        checkpoint's own dtype, so fp32 really is fp32."""
+        import torch
         from sentence_transformers import SentenceTransformer
 
         t0 = time.perf_counter()
         try:
             model = SentenceTransformer(self.location, device=self.device, revision=self.cfg.revision,
-                                        trust_remote_code=self.cfg.trust_remote_code)
+                                        trust_remote_code=self.cfg.trust_remote_code,
+                                        model_kwargs={"dtype": getattr(torch, _TORCH_DTYPES[self.encode_dtype])})
         except Exception as exc:  # the hub, the filesystem and transformers all raise different types
             hint = " (offline? set model.path to a local copy)" if "/" in self.location else ""
             raise ModelLoadError(f"cannot load model '{self.location}': {exc.__class__.__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}{hint}") from exc
         if self._max_seq_length:
             model.max_seq_length = self._max_seq_length
-        log.info("loaded %s on %s in %.1fs (max_seq_length=%s)", self.location, model.device,
-                 time.perf_counter() - t0, model.max_seq_length)
+        log.info("loaded %s on %s in %.1fs (max_seq_length=%s, dtype=%s)", self.location, model.device,
+                 time.perf_counter() - t0, model.max_seq_length, model.dtype)
         return model
 
     @property
@@ -144,7 +167,7 @@ class Embedder:
         # the requested length, not the effective one: the fingerprint already covers the model's own
         # default, and this way a cache hit never has to load the model
         parts = [self.fingerprint, texts_hash, str(self._max_seq_length), prompt, str(self.cfg.normalize),
-                 self.cache_dtype.name]
+                 self.cache_dtype.name, self.encode_dtype]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
@@ -174,8 +197,9 @@ class Embedder:
         out.flush()
         del out
         meta = {"model": self.location, "fingerprint": self.fingerprint, "n": len(texts), "dim": self.dim,
-                "dtype": self.cache_dtype.name, "max_seq_length": self.max_seq_length, "prompt": prompt,
-                "normalize": self.cfg.normalize, "what": what, "created": time.time()}
+                "dtype": self.cache_dtype.name, "encode_dtype": self.encode_dtype,
+                "max_seq_length": self.max_seq_length, "prompt": prompt, "normalize": self.cfg.normalize,
+                "what": what, "created": time.time()}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             tmp.rename(final)
@@ -194,17 +218,27 @@ class Embedder:
         return int(self.model.get_embedding_dimension())
 
     def _compute(self, texts: list[str], prompt: str, what: str, out: np.ndarray) -> np.ndarray:
-        """Encodes longest-first in blocks (less padding, early OOM), writing rows in place."""
+        """Encodes longest-first in blocks (less padding, early OOM), writing rows in place. Vectors leave the model
+        as float32 and are normalised there, so a half-precision encode still stores unit-length vectors."""
+        import torch
+
         t0 = time.perf_counter()
         order = np.argsort([-len(t) for t in texts], kind="stable")
         bar = tqdm(total=len(texts), desc=f"encode {what}", unit="text", disable=not self.show_progress)
         for start in range(0, len(texts), _ENCODE_BLOCK):
             idx = order[start:start + _ENCODE_BLOCK]
-            emb = self.model.encode([texts[i] for i in idx], prompt=prompt or None,
-                                    batch_size=self.batch_size, normalize_embeddings=self.cfg.normalize,
-                                    convert_to_numpy=True, show_progress_bar=False)
-            out[idx] = emb.astype(self.cache_dtype, copy=False)
+            emb = self.model.encode([texts[i] for i in idx], prompt=prompt or None, batch_size=self.batch_size,
+                                    convert_to_tensor=True, show_progress_bar=False).float()
+            if self.encode_dtype != "fp32" and not torch.isfinite(emb).all():  # half overflows in some models
+                raise ConfigError(f"{self.location} gave non-finite embeddings with model.encode_dtype="
+                                  f"{self.encode_dtype}: set model.encode_dtype=fp32 (or bf16 on a GPU that has it)")
+            if self.cfg.normalize:
+                emb = torch.nn.functional.normalize(emb, dim=1)
+            out[idx] = emb.cpu().numpy().astype(self.cache_dtype, copy=False)
             bar.update(len(idx))
         bar.close()
-        self.stats.seconds += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.stats.seconds += seconds
+        log.info("encoded %d %s texts in %.1fs (%.0f/s, %s, batch %d)", len(texts), what, seconds,
+                 len(texts) / max(seconds, 1e-9), self.encode_dtype, self.batch_size)
         return out

@@ -2,7 +2,8 @@
 
 Exact search has two backends with one contract: FAISS (`IndexFlatIP`, sharded over all visible GPUs
 when faiss has them) and torch (blocked matmul + top-k, on CUDA when present) for machines without
-FAISS GPU. Mining at scale may use FAISS IVF (`index=ivf`, optionally with product quantisation).
+FAISS GPU. Both compute in float32 unless `search.fp16` asks for a 16-bit index, and then say so.
+Mining at scale may use FAISS IVF (`index=ivf`, optionally with product quantisation).
 The corpus may be a float16 memmap larger than RAM, so it is only ever read, converted and added in
 blocks; queries are searched in blocks so results can stream to disk (`search_to_disk`).
 """
@@ -12,14 +13,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from domain_embed.config import SearchConfig
 from domain_embed.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +35,17 @@ _MIN_TRAIN_PER_CELL = 39  # faiss k-means wants at least this many training poin
 _PQ_CENTROIDS = 256  # 8-bit product quantiser: each sub-quantiser needs this many training points
 _TRAIN_SEED = 0
 _RESIDENT_FRACTION = 0.5  # torch keeps the corpus on its device only below this share of free memory
+_WINDOW_K_FACTOR = 4  # search_documents first fetches this many windows per document asked for
 
-BlockSearch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+BlockSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> scores, indices
 
 
 @dataclass
 class SearchResult:
     scores: np.ndarray  # (n_queries, k) float32, best first
     indices: np.ndarray  # (n_queries, k) int64 positions in the searched matrix; -1 (score -inf) if IVF found < k
-    backend: str  # what actually ran, e.g. "faiss-cpu", "faiss-gpu(2)", "faiss-ivf-cpu(nlist=1024,nprobe=32)"
+    backend: str  # what actually ran, e.g. "faiss-cpu", "faiss-gpu(2)", "faiss-ivf-cpu(nlist=1024,nprobe=32)",
+    # "torch-cuda(fp16)"; several joined by "+" when search_documents outgrew FAISS GPU's k
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase: train, add, search
 
 
@@ -58,6 +66,25 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _sync_cuda() -> None:
+    """Waits for every visible GPU: CUDA calls return before the work is done, and FAISS shards over all GPUs."""
+    import torch
+
+    if torch.cuda.is_available():
+        for device in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(device)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], phase: str, *, gpu: bool = False) -> Iterator[None]:
+    """Adds the seconds of a phase to `timings`; on a GPU only once its work is done, else it times the launch."""
+    t0 = time.perf_counter()
+    yield
+    if gpu:
+        _sync_cuda()
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
 
 
 def choose_backend(backend: str, device: str, k: int, *, index: str = "flat", allow_cpu_fallback: bool = False) -> str:
@@ -126,23 +153,26 @@ def search_to_disk(queries: np.ndarray, corpus: np.ndarray, k: int, cfg: SearchC
                         res.backend, res.timings)
 
 
+def _searcher(corpus, k: int, cfg: SearchConfig, timings: dict[str, float]) -> tuple[BlockSearch, str, str]:
+    """The backend `choose_backend` picks for top-`k`, its index filled: (search, label, chosen backend)."""
+    chosen = choose_backend(cfg.backend, cfg.device, k, index=cfg.index, allow_cpu_fallback=cfg.allow_cpu_fallback)
+    if chosen.startswith("faiss"):
+        return *_faiss_searcher(corpus, cfg, gpu=chosen == "faiss-gpu", timings=timings), chosen
+    return *_torch_searcher(corpus, cfg, device="cuda" if chosen == "torch-cuda" else "cpu", timings=timings), chosen
+
+
 def _run(queries, corpus, k: int, cfg: SearchConfig | None, alloc) -> SearchResult:
     """The one query-block loop behind `search` and `search_to_disk`; `alloc` makes the output arrays."""
     cfg = cfg or SearchConfig()
     k = min(k, corpus.shape[0])
-    chosen = choose_backend(cfg.backend, cfg.device, k, index=cfg.index, allow_cpu_fallback=cfg.allow_cpu_fallback)
     timings: dict[str, float] = {}
-    if chosen.startswith("faiss"):
-        search_block, label = _faiss_searcher(corpus, k, cfg, gpu=chosen == "faiss-gpu", timings=timings)
-    else:
-        search_block, label = _torch_searcher(corpus, k, device="cuda" if chosen == "torch-cuda" else "cpu")
+    search_block, label, _ = _searcher(corpus, k, cfg, timings)
     scores = alloc("scores", np.float32, (len(queries), k))
     indices = alloc("indices", np.int64, (len(queries), k))
-    t0 = time.perf_counter()
-    for start in range(0, len(queries), cfg.query_block):
-        q = np.ascontiguousarray(queries[start:start + cfg.query_block], dtype=np.float32)
-        scores[start:start + len(q)], indices[start:start + len(q)] = search_block(q)
-    timings["search"] = time.perf_counter() - t0
+    with _timed(timings, "search"):
+        for start in range(0, len(queries), cfg.query_block):
+            q = np.ascontiguousarray(queries[start:start + cfg.query_block], dtype=np.float32)
+            scores[start:start + len(q)], indices[start:start + len(q)] = search_block(q, k)
     log.info("search: %d queries x %d docs, k=%d, backend=%s, %.1fs", len(queries), corpus.shape[0], k, label,
              sum(timings.values()))
     return SearchResult(scores, indices, label, timings)
@@ -155,16 +185,15 @@ def _corpus_blocks(corpus, lo: int = 0, hi: int | None = None):
         yield np.ascontiguousarray(corpus[start:min(start + _CORPUS_BLOCK, hi)], dtype=np.float32)
 
 
-def _faiss_searcher(corpus, k: int, cfg: SearchConfig, *, gpu: bool, timings: dict) -> tuple[BlockSearch, str]:
+def _faiss_searcher(corpus, cfg: SearchConfig, *, gpu: bool, timings: dict[str, float]) -> tuple[BlockSearch, str]:
     """Builds the flat or IVF index (sharded over all GPUs when asked) and fills it block by block."""
     faiss = _faiss()
     n, d = corpus.shape
     params: list[str] = [str(_faiss_gpus())] if gpu else []
-    t0 = time.perf_counter()
     if cfg.index == "ivf":
-        index, ivf_params = _trained_ivf(corpus, cfg, gpu=gpu)
+        with _timed(timings, "train", gpu=gpu):
+            index, ivf_params = _trained_ivf(corpus, cfg, gpu=gpu)
         params += ivf_params
-        timings["train"] = time.perf_counter() - t0
         kind = "ivfpq-" if cfg.pq_m else "ivf-"
     else:
         index, kind = faiss.IndexFlatIP(d), ""
@@ -174,20 +203,19 @@ def _faiss_searcher(corpus, k: int, cfg: SearchConfig, *, gpu: bool, timings: di
         co.useFloat16 = cfg.fp16
         index = faiss.index_cpu_to_all_gpus(index, co=co)
         params += ["fp16"] if cfg.fp16 else []
-    t0 = time.perf_counter()
-    if isinstance(index, faiss.IndexShards) and index.successive_ids:
-        # sharded flat indexes accept a single add(): fill each shard with its contiguous slice instead
-        for shard in range(index.count()):
-            for block in _corpus_blocks(corpus, shard * n // index.count(), (shard + 1) * n // index.count()):
-                index.at(shard).add(block)
-        index.syncWithSubIndexes()
-    else:
-        for block in _corpus_blocks(corpus):
-            index.add(block)
-    timings["add"] = time.perf_counter() - t0
+    with _timed(timings, "add", gpu=gpu):
+        if isinstance(index, faiss.IndexShards) and index.successive_ids:
+            # sharded flat indexes accept a single add(): fill each shard with its contiguous slice instead
+            for shard in range(index.count()):
+                for block in _corpus_blocks(corpus, shard * n // index.count(), (shard + 1) * n // index.count()):
+                    index.at(shard).add(block)
+            index.syncWithSubIndexes()
+        else:
+            for block in _corpus_blocks(corpus):
+                index.add(block)
     label = f"faiss-{kind}{'gpu' if gpu else 'cpu'}" + (f"({','.join(params)})" if params else "")
 
-    def search_block(q: np.ndarray):
+    def search_block(q: np.ndarray, k: int):
         scores, indices = index.search(q, k)
         scores[indices < 0] = -np.inf  # IVF found fewer than k: faiss pads with -1 and -FLT_MAX
         return scores, indices
@@ -236,14 +264,22 @@ def _free_bytes(device: str) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _torch_searcher(corpus, k: int, *, device: str) -> tuple[BlockSearch, str]:
-    """Exact blocked matmul + top-k, merged across corpus blocks.
-
-    The corpus stays on the device only if it fits comfortably; otherwise its blocks are streamed to the
-    device for every query block: bounded memory at the price of more transfers."""
+def _torch_precision(device: str, fp16: bool) -> tuple[torch.dtype, str]:
+    """(dtype, label): float32 unless `search.fp16` asks, on every device, so that exact search, the baseline
+    metrics and mining margins do not depend on the machine; a 16-bit run says so in its label."""
     import torch
 
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    return (torch.float16, f"torch-{device}(fp16)") if fp16 else (torch.float32, f"torch-{device}")
+
+
+def _torch_searcher(corpus, cfg: SearchConfig, *, device: str, timings: dict[str, float]) -> tuple[BlockSearch, str]:
+    """Exact blocked matmul + top-k, merged across corpus blocks.
+
+    The corpus stays on the device only if it fits comfortably (moving it there is the `add` phase); otherwise
+    its blocks are streamed to the device for every query block: bounded memory at the price of more transfers."""
+    import torch
+
+    dtype, label = _torch_precision(device, cfg.fp16)
     n, d = corpus.shape
     starts = range(0, n, _CORPUS_BLOCK)
 
@@ -252,10 +288,11 @@ def _torch_searcher(corpus, k: int, *, device: str) -> tuple[BlockSearch, str]:
         return torch.from_numpy(block if block.flags.writeable else block.copy()).to(device=device, dtype=dtype)
 
     resident = n * d * dtype.itemsize < _RESIDENT_FRACTION * _free_bytes(device)
-    blocks = [load(s) for s in starts] if resident else None
+    with _timed(timings, "add", gpu=device == "cuda"):
+        blocks = [load(s) for s in starts] if resident else None
     log.info("torch search on %s: corpus %s", device, "resident" if resident else "streamed per query block")
 
-    def search_block(q: np.ndarray):
+    def search_block(q: np.ndarray, k: int):
         with torch.inference_mode():
             qt = torch.from_numpy(q if q.flags.writeable else q.copy()).to(device=device, dtype=dtype)
             best_s = best_i = None
@@ -264,31 +301,71 @@ def _torch_searcher(corpus, k: int, *, device: str) -> tuple[BlockSearch, str]:
                 s, i = torch.topk((qt @ block.T).float(), min(k, block.shape[0]), dim=1)
                 i += start
                 if best_s is not None:
-                    s, pos = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
+                    s = torch.cat([best_s, s], 1)
+                    s, pos = torch.topk(s, min(k, s.shape[1]), dim=1)  # k may exceed two blocks' worth
                     i = torch.gather(torch.cat([best_i, i], 1), 1, pos)
                 best_s, best_i = s, i
             return best_s.cpu().numpy(), best_i.cpu().numpy()
 
-    return search_block, f"torch-{device}"
+    return search_block, label
+
+
+def documents_by_best_window(window_scores: np.ndarray, window_docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A document scores its best window: the one rule that evaluation and mining share.
+
+    Returns (documents, scores), best first; a tie goes to the document whose window comes first."""
+    order = np.argsort(-window_scores, kind="stable")
+    docs = window_docs[order]
+    first = np.sort(np.unique(docs, return_index=True)[1])
+    return docs[first], window_scores[order][first]
 
 
 def search_documents(queries: np.ndarray, windows: np.ndarray, parents: np.ndarray, n_docs: int, k: int,
                      cfg: SearchConfig | None = None) -> SearchResult:
     """Top-k documents when documents are split into windows: a document scores its best window.
 
-    Retrieving k + (windows - documents) windows guarantees k distinct documents, so the result is
-    exact, not an approximation by over-fetching. An IVF index may find fewer: the rest is -1 / -inf."""
+    Windows are fetched with a bounded k; only rows whose windows name fewer than k documents are searched
+    again, with twice the k (and proportionally fewer rows at a time), until they name k or no more windows
+    can come. The ranking is that of fetching every window (exact for flat search) while memory stays that of
+    the first pass. An IVF index may find fewer: the rest is -1 / -inf. FAISS GPU never gets a k above its
+    limit: there IVF stops, and flat search goes on with the backend `choose_backend` picks for the larger k."""
     if len(parents) == n_docs:
         return search(queries, windows, k, cfg)
+    cfg = cfg or SearchConfig()
     k = min(k, n_docs)
-    hits = search(queries, windows, min(len(parents), k + len(parents) - n_docs), cfg)
+    window_k = min(len(parents), _WINDOW_K_FACTOR * k, max(k, FAISS_GPU_MAX_K))  # FAISS GPU stays possible
+    hits_per_search = cfg.query_block * window_k
+    timings: dict[str, float] = {}
+    search_block, label, chosen = _searcher(windows, window_k, cfg, timings)
+    labels = [label]
+    last_k = min(len(parents), FAISS_GPU_MAX_K) if chosen == "faiss-gpu" and cfg.index == "ivf" else len(parents)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     indices = np.full((len(queries), k), -1, dtype=np.int64)
-    for row in range(len(queries)):
-        found = hits.indices[row][hits.indices[row] >= 0]  # IVF may find fewer windows, padded at the end
-        docs = parents[found]
-        _, first = np.unique(docs, return_index=True)  # best window of each document
-        first = np.sort(first)[:k]
-        scores[row, :len(first)] = hits.scores[row, first]
-        indices[row, :len(first)] = docs[first]
-    return SearchResult(scores, indices, hits.backend, hits.timings)
+    pending = np.arange(len(queries))
+    while True:
+        short, rows_per_search = [], max(1, hits_per_search // window_k)
+        with _timed(timings, "search"):
+            for start in range(0, len(pending), rows_per_search):
+                rows = pending[start:start + rows_per_search]
+                hit_s, hit_i = search_block(np.ascontiguousarray(queries[rows], dtype=np.float32), window_k)
+                for row, row_s, row_i in zip(rows, hit_s, hit_i, strict=True):
+                    found = row_i >= 0  # IVF may find fewer windows than asked: then no more will come
+                    docs, best = documents_by_best_window(row_s[found], parents[row_i[found]])
+                    n = min(k, len(docs))
+                    scores[row, :n], indices[row, :n] = best[:n], docs[:n]
+                    if n < k and found.all():
+                        short.append(row)
+        pending = np.array(short, dtype=np.int64)
+        if not pending.size or window_k >= last_k:
+            break
+        step = min(2 * window_k, last_k)
+        if chosen == "faiss-gpu" and window_k < FAISS_GPU_MAX_K < step:
+            step = FAISS_GPU_MAX_K  # FAISS GPU up to its limit before moving on
+        window_k = step
+        if chosen == "faiss-gpu" and window_k > FAISS_GPU_MAX_K:
+            del search_block  # frees the GPU index before the next backend fills its memory
+            search_block, label, chosen = _searcher(windows, window_k, cfg, timings)
+            labels.append(label)
+    log.info("search_documents: %d queries, %d windows of %d documents, k=%d, backend=%s", len(queries),
+             len(parents), n_docs, k, "+".join(labels))
+    return SearchResult(scores, indices, "+".join(labels), timings)

@@ -72,7 +72,9 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     dev = dev_set(ctx, dev_rows, training.dev_corpus_size, cfg.seed) if len(dev_rows) else None
 
     base = ctx.embedder
-    model = ctx.make_embedder(cfg.model).model  # a fresh copy: the base model stays untouched for the guide
+    # a fresh copy (the base model stays untouched for the guide), in fp32 whatever the encode dtype: the optimizer
+    # keeps fp32 master weights and mixed precision comes from training.precision
+    model = ctx.make_embedder(dataclasses.replace(cfg.model, encode_dtype="fp32")).model
     guide = base.model if training.loss == "gist" else None
     work = checkpoints_dir(ctx, stable_hash(_training_inputs(ctx)))
     result = train_model(model, train, dev, training, work, seed=cfg.seed, guide=guide,
@@ -89,12 +91,19 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
            "best_dev_ndcg@10": result.best_dev_ndcg10, "global_step": result.global_step,
            "train_rows": len(train), "dev_queries": len(dev.queries) if dev else 0,
            "dev_corpus": len(dev.corpus) if dev else 0, "train_seconds": result.train_seconds,
-           "samples_per_second": result.samples_per_second,
+           "samples_per_second": result.samples_per_second, "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
            "log_history": result.log_history}
     atomic_write_json(out / "train_log.json", log)
     plot_training(result.log_history, out / "training.png")
     extras["cost"] = {"corpus_encodes": 0}
+
+
+def _peak_gpu_memory_gib() -> float | None:
+    """What fine-tuning needed on the GPU (the process's peak; no stage before it holds more than a model)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 def trained_model_path(ctx: RunContext) -> Path:

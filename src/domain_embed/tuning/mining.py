@@ -17,7 +17,7 @@ import numpy as np
 from domain_embed.config import MiningConfig
 from domain_embed.data.domain import Qrels
 from domain_embed.errors import ConfigError, DataError
-from domain_embed.retrieval.search import search_documents
+from domain_embed.retrieval.search import documents_by_best_window, search_documents
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
         if missing:
             raise DataError(f"positive '{missing[0]}' of query '{qid}' is not in the corpus", field="qrels")
         pos_idx = np.array([doc_pos[d] for d in positives])
-        pos_scores = _doc_scores(query_emb[row], window_emb, windows_of, pos_idx)
+        pos_scores = _doc_scores(query_emb[row], window_emb, parents, windows_of, pos_idx)
         floor = float(pos_scores.min())
         positive_texts = {normalised[i] for i in pos_idx} if normalised else set()
 
@@ -135,7 +135,7 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
             seen = set(ranked)
             n_draws = min(len(corpus_ids), short * _FILL_TRIES + len(seen))
             draws = [d for d in rng.sample(range(len(corpus_ids)), n_draws) if d not in seen]
-            scores = _doc_scores(query_emb[row], window_emb, windows_of, np.array(draws, dtype=np.int64))
+            scores = _doc_scores(query_emb[row], window_emb, parents, windows_of, np.array(draws, dtype=np.int64))
 
             def fill_rules(_rank: int, doc: int, score: float, rules=rules):
                 return rules(cfg.range_min, doc, score)  # drawn documents have no rank: only the other rules
@@ -197,11 +197,14 @@ def windows_by_doc(parents: np.ndarray) -> list[np.ndarray]:
     return [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
 
 
-def _doc_scores(query: np.ndarray, window_emb: np.ndarray, windows_of: list[np.ndarray],
+def _doc_scores(query: np.ndarray, window_emb: np.ndarray, parents: np.ndarray, windows_of: list[np.ndarray],
                 docs: np.ndarray) -> np.ndarray:
-    """A document's score is its best window's, as in evaluation."""
-    q = np.asarray(query, dtype=np.float32)
-    return np.array([float((np.asarray(window_emb[windows_of[d]], dtype=np.float32) @ q).max()) for d in docs])
+    """Scores of documents the ranking did not reach (positives, random draws), by the ranking's own rule."""
+    windows = np.concatenate([np.empty(0, dtype=np.int64), *(windows_of[d] for d in docs)])
+    window_scores = np.asarray(window_emb[windows], dtype=np.float32) @ np.asarray(query, dtype=np.float32)
+    found, best = documents_by_best_window(window_scores, parents[windows])
+    score_of = dict(zip(found.tolist(), best.tolist(), strict=True))
+    return np.array([score_of[d] for d in docs.tolist()])
 
 
 def best_window(query: np.ndarray, window_emb: np.ndarray, windows_of: list[np.ndarray], doc: int) -> int:

@@ -31,7 +31,7 @@ from sentence_transformers.util import cos_sim
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 
-from domain_embed import distributed
+from domain_embed import devices, distributed
 from domain_embed.config import LoraConfig, TrainingConfig
 from domain_embed.errors import ConfigError
 from domain_embed.tuning.losses import build_loss, columns_for
@@ -76,9 +76,10 @@ def build_dev_evaluator(dev: DevSet, batch_size: int, name: str = DEV_NAME, *, q
 
 
 def _precision_flags(precision: str, on_cuda: bool) -> dict[str, bool]:
-    """auto: bf16 where the GPU supports it, else fp16 on GPU; CPUs train in fp32 (autocast there is slower)."""
+    """auto: bf16 where the GPU has it natively, else fp16 (emulated bf16 is slow); CPUs train in fp32 (autocast
+    there is slower)."""
     if precision == "auto":
-        bf16 = on_cuda and torch.cuda.is_bf16_supported()
+        bf16 = on_cuda and devices.bf16_native()
         return {"bf16": bf16, "fp16": on_cuda and not bf16}
     if precision in ("fp32", "bf16", "fp16"):
         return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
@@ -107,7 +108,7 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
     use_cpu = not on_cuda  # also tells Accelerate to run DDP over gloo when launched on CPUs
     best = {"load_best_model_at_end": True, "metric_for_best_model": f"eval_{DEV_NAME}_{DEV_METRIC}",
             "greater_is_better": True} if has_dev else {}
-    return SentenceTransformerTrainingArguments(
+    args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir / CHECKPOINTS),
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
@@ -120,7 +121,6 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
         lr_scheduler_type=cfg.scheduler,
         **_precision_flags(cfg.precision, on_cuda=on_cuda),
         use_cpu=use_cpu,
-        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch would be a false in-batch negative
         prompts=_prompts(columns, query_prompt, document_prompt),
         eval_strategy="steps" if has_dev else "no",
@@ -138,6 +138,14 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
         dataloader_drop_last=distributed.world_size() > 1,  # equal steps on every rank
         report_to=list(report_to) or "none",
     )
+    if args.n_gpu > 1:
+        # no launcher: the HF Trainer would feed every GPU from this one process through nn.DataParallel (slower
+        # than DDP, and untested here). Pinned here rather than by hiding GPUs through CUDA_VISIBLE_DEVICES, which
+        # counts only until CUDA starts (importing bm25s starts it where JAX is installed), and which would also
+        # take the other GPUs from FAISS search
+        distributed.warn_one_gpu(args.n_gpu)
+        args._n_gpu = 1  # as the HF Trainer itself does to keep nn.DataParallel off
+    return args
 
 
 def _training_columns(dataset: Dataset, cfg: TrainingConfig) -> tuple[Dataset, list[str]]:
@@ -213,6 +221,11 @@ def train_model(model: SentenceTransformer, train_dataset: Dataset, dev: DevSet 
     resume_from = _resume_point(output_dir / CHECKPOINTS, cfg.resume)
     if cfg.lora.enabled:  # only after every check, since it changes the model
         _add_lora(model, cfg.lora)
+    if cfg.gradient_checkpointing:  # after LoRA, so that its inputs get the gradients checkpointing needs
+        # on the model, not through the arguments: transformers 5.17 has no activation_checkpointing argument, and
+        # from either name the HF Trainer passes keywords (every_n_layers, offload) that sentence-transformers before
+        # 6.2 refuses. For a sentence-transformers model the flag does nothing else
+        model.gradient_checkpointing_enable()
     loss = build_loss(model, cfg, guide)
     evaluator = None if dev is None else build_dev_evaluator(
         dev, cfg.batch_size, query_prompt=query_prompt, document_prompt=document_prompt)
