@@ -68,3 +68,9 @@ def test_runs_as_a_non_root_user_with_caches_on_volumes():
     for env in ("HF_HOME", "WANDB_DIR", "DOMAIN_EMBED_CACHE"):
         (path,) = re.findall(rf"\b{env}=(\S+)", DOCKERFILE)
         assert f'"{path}"' in volumes, env
+
+
+def test_the_gpu_check_ships_in_the_image():
+    """`gpu_check.sh` and what it imports are in the image, so a GPU box can be checked from the image alone."""
+    assert re.search(r"^COPY scripts \./scripts$", DOCKERFILE, flags=re.MULTILINE)
+    assert (REPO / "scripts" / "gpu_check.sh").exists() and (REPO / "scripts" / "bench_train.py").exists()
