@@ -51,6 +51,13 @@ def test_rerun_skips_finished_stages_and_force_redoes_them(make_config, override
     assert forced["cost"]["corpus_encodes"] == 0  # embeddings came from the cache
 
 
+def test_a_run_directory_made_in_one_encode_dtype_is_not_reused_in_another(make_config, overrides, tmp_path):
+    """CPU fp32 results must not pass for a GPU's bf16 ones (or back): the resolved dtype keys the stages."""
+    _run(make_config, tmp_path, *overrides)
+    bf16 = _run(make_config, tmp_path, *overrides, "model.encode_dtype=bf16")
+    assert bf16["run"]["ran_now"] == ["baseline"] and bf16["cost"]["corpus_encodes"] == 1
+
+
 def test_selecting_a_stage_runs_its_missing_upstream():
     assert plan(["baseline"]) == ["audit", "baseline"]
     with pytest.raises(ConfigError, match="unknown stage"):

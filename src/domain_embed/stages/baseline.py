@@ -19,9 +19,9 @@ from domain_embed.stages.base import Stage, register
 def _inputs(ctx: RunContext) -> dict:
     e = ctx.cfg.eval
     return {"audit": ctx.run_dir.manifest("audit")["key"], "model": ctx.embedder.fingerprint,
-            "split": e.split, "k_values": list(e.k_values), "bm25": vars(e.bm25) if e.bm25.enabled else None,
-            "bootstrap": [e.bootstrap_samples, e.bootstrap_seed], "prompts": [ctx.cfg.model.query_prompt,
-                                                                             ctx.cfg.model.document_prompt]}
+            "encode_dtype": ctx.embedder.encode_dtype, "split": e.split, "k_values": list(e.k_values),
+            "bm25": vars(e.bm25) if e.bm25.enabled else None, "bootstrap": [e.bootstrap_samples, e.bootstrap_seed],
+            "prompts": [ctx.cfg.model.query_prompt, ctx.cfg.model.document_prompt]}
 
 
 def write_results(out: Path, results: list[SystemResult], ctx: RunContext,

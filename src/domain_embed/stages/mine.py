@@ -34,8 +34,8 @@ def mined_queries(ctx: RunContext) -> tuple[list[str], list[str], np.ndarray]:
 
 def _inputs(ctx: RunContext) -> dict:
     return {"audit": ctx.run_dir.manifest("audit")["key"], "model": ctx.embedder.fingerprint,
-            "mining": dataclasses.asdict(ctx.cfg.mining), "seed": ctx.cfg.seed,
-            "query_prompt": ctx.cfg.model.query_prompt}
+            "encode_dtype": ctx.embedder.encode_dtype, "mining": dataclasses.asdict(ctx.cfg.mining),
+            "seed": ctx.cfg.seed, "query_prompt": ctx.cfg.model.query_prompt}
 
 
 def _rescorer(ctx: RunContext, query_ids: list[str]):
