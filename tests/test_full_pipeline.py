@@ -1,6 +1,7 @@
 """Every stage on the tiny model: train, evaluate, gap closed, decision, plots, model card."""
 
 import json
+import re
 
 import pytest
 from sentence_transformers import SentenceTransformer
@@ -28,13 +29,21 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
                                          ["ndcg@10"], abs=1e-9)
     assert gap["ci95"][0] <= gap["delta"] <= gap["ci95"][1] and 0 < gap["p_value"] <= 1
     assert isinstance(report["decision"]["adopt_tuned"], bool) and report["decision"]["reason"]
-    assert set(report["mrl"]) == {"32", "16"} and "delta" in report["ood"]
+    assert set(report["mrl"]) == {"32", "16"} and "delta" in report["ood"] and "not_run" not in report
+    rec = report["recommendation"]
+    pairs = {(e["a"], e["b"]) for e in rec["compared"]}
+    assert rec["system"] in report["metrics"]
+    assert {("bm25", "baseline"), ("tuned", "baseline"), ("tuned", "bm25")} <= pairs
     assert report["training"]["global_step"] > 0 and report["training"]["best_dev_ndcg@10"] is not None
     for name in ("before_after", "recall_at_k", "mrl"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000
     assert (run / "finetune" / "training.png").exists()
     md = (run / "report.md").read_text()
-    assert "Gap closed by fine-tuning" in md and "**Decision:" in md and "| tuned |" in md
+    assert "Gap closed by fine-tuning" in md and "**Decision, tuned vs base model only" in md and "| tuned |" in md
+    assert md.index("**Recommendation: ") < md.index("## Retrieval quality")
+    assert re.search(r"best dev nDCG@10 \d\.\d{4} \(", md)  # rounded, not 0.7980940976802945
+    assert (f"{cfg.mining.num_negatives} negatives mined per pair" in md
+            and f"{cfg.training.num_negatives} used per training row" in md)
     model = SentenceTransformer(str(run / "finetune" / "model"), device="cpu")
     assert model.encode(["capital requirements"]).shape == (1, 32)
     card = (run / "finetune" / "model" / "README.md").read_text()
@@ -47,5 +56,9 @@ def test_tuned_model_is_cached_apart_from_the_base(make_config, overrides, tmp_p
     run = tmp_path / "run"
     report = run_pipeline(RunContext(make_config(run, *overrides), run))
     assert report["metrics"]["tuned"] != report["metrics"]["baseline"]
+    assert set(report["not_run"]) == {"mrl", "ood"} and "mrl" not in report and "ood" not in report
+    md = (run / "report.md").read_text()
+    assert "## Matryoshka dimensions\n\nNot run: `training.matryoshka_dims` is empty" in md
+    assert "## Forgetting check (another domain)\n\nNot run: `eval.ood.path` is not set" in md
     again = run_pipeline(RunContext(make_config(run, *overrides), run))
     assert again["run"]["ran_now"] == [] and again["metrics"] == report["metrics"]

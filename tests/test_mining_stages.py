@@ -1,7 +1,6 @@
 """Stages mine + triplets on the tiny BEIR set: one corpus encode, no labelled positive as negative."""
 
 import json
-import shutil
 
 import pytest
 from datasets import DatasetDict
@@ -61,20 +60,3 @@ def test_long_document_contributes_a_window_that_fits(make_config, overrides, tm
     assert any("clause" in t for t in texts)  # the long document d7 was mined
     assert max(len(tok(t)["input_ids"]) for t in texts) <= 64
 
-
-def test_rescorer_with_a_tiny_cross_encoder(make_config, overrides, tmp_path, tiny_model):
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    ce_dir = tmp_path / "ce"
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, num_labels=1)
-    BertForSequenceClassification(cfg).save_pretrained(ce_dir)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copy(next(tiny_model.parent.rglob(name)), ce_dir / name)
-    run = tmp_path / "run"
-    strict = run_pipeline(RunContext(make_config(run, *overrides, "mining.relative_margin=null",
-                                                 f"mining.rescorer={ce_dir}", "mining.rescorer_threshold=-100"), run))
-    assert strict["mining"]["dropped_by_rule"]["rescorer"] > 0  # every candidate scores above -100
-    assert strict["mining"]["negatives_chosen"] == 0

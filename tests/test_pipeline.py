@@ -38,6 +38,12 @@ def test_audit_and_baseline_write_the_report(make_config, overrides, tmp_path):
     assert on_disk["metrics"] == report["metrics"]
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| baseline |" in md and "| bm25 |" in md and "Token-length audit" in md
+    # no tuned model: the recommendation weighs BM25 against the (random) base model, from the stored comparison
+    rec, stored = report["recommendation"], report["comparisons"]["bm25-vs-baseline"]["recall@10"]
+    assert rec["system"] == "bm25" and rec["compared"] == [
+        {"a": "bm25", "b": "baseline", "metric": "recall@10", "delta": stored["delta"], "ci95": stored["ci95"],
+         "p": stored["p_value"]}]
+    assert md.splitlines()[2] == f"**Recommendation: BM25** (`bm25`), {rec['reason']}."
 
 
 def test_rerun_skips_finished_stages_and_force_redoes_them(make_config, overrides, tmp_path):

@@ -148,7 +148,8 @@ class EvalConfig:
 
 @dataclass
 class MiningConfig:
-    """Hard-negative mining rules; every rule is counted in triplets/mining_meta.json."""
+    """Hard-negative mining rules; every rule is counted in triplets/mining_meta.json. The defaults are the
+    default recipe (conf/mining/default.yaml explains it and repeats none of them)."""
 
     range_min: int = 0  # skip the first ranks (likely unlabelled positives)
     range_max: int = 100  # look no deeper than this rank
@@ -165,7 +166,7 @@ class MiningConfig:
     dev_split: str = "dev"  # triplets of this split form the training-time dev set
     min_triplets: int = 500  # below this the report warns (the article's minimum viable size)
     rescorer: str | None = None  # a cross-encoder (hub id or path) to drop likely false negatives
-    rescorer_threshold: float = 0.0  # drop candidates the cross-encoder scores above this (logit)
+    rescorer_threshold: float = 0.0  # drop candidates whose cross-encoder logit (raw, no sigmoid) is above this
     rescorer_batch_size: int = 32
     search: SearchConfig = field(default_factory=SearchConfig)
 
@@ -181,15 +182,16 @@ class LoraConfig:
 
 @dataclass
 class TrainingConfig:
-    """Maps onto SentenceTransformerTrainingArguments and the chosen loss."""
+    """Maps onto SentenceTransformerTrainingArguments and the chosen loss. The defaults are the default recipe,
+    chosen on dev (conf/training/default.yaml says how); that file repeats none of them."""
 
     loss: str = "mnrl"  # mnrl | cached_mnrl | triplet | gist
-    num_negatives: int = 1  # hard-negative columns fed to the loss (<= mining.num_negatives)
+    num_negatives: int = 3  # hard-negative columns fed to the loss (<= mining.num_negatives)
     mini_batch_size: int = 16  # cached_mnrl (GradCache) mini-batch
     triplet_margin: float = 5.0  # triplet loss (euclidean) margin, as in sentence-transformers
     matryoshka_dims: list[int] = field(default_factory=list)  # non-empty: wrap the loss in MatryoshkaLoss
     gather_across_devices: bool = True  # in-batch negatives from every rank
-    learning_rate: float = 2e-5
+    learning_rate: float = 5e-5
     batch_size: int = 32  # per device
     gradient_accumulation_steps: int = 1
     epochs: float = 1.0
@@ -201,11 +203,11 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     logging_steps: int = 10
-    eval_steps: int = 100
-    save_steps: int = 100
+    eval_steps: int = 50
+    save_steps: int = 50  # with a dev set it must equal eval_steps
     save_total_limit: int = 2
     early_stopping_patience: int | None = None  # evaluations without dev nDCG@10 improvement
-    dev_corpus_size: int = 5000  # dev positives + their mined negatives + a random sample
+    dev_corpus_size: int = 2000  # dev positives + their mined negatives + a random sample
     dataloader_workers: int = 0
     resume: bool = False  # continue from the last checkpoint (optimizer, scheduler, RNG, data position)
 

@@ -44,8 +44,8 @@ def _dev() -> DevSet:
 
 
 def _cfg(**overrides) -> TrainingConfig:
-    base = {"batch_size": 8, "max_steps": 6, "eval_steps": 2, "save_steps": 2, "save_total_limit": 2,
-            "logging_steps": 1, "learning_rate": 5e-3, "warmup": 0.0}
+    base = {"num_negatives": 1, "batch_size": 8, "max_steps": 6, "eval_steps": 2, "save_steps": 2,
+            "save_total_limit": 2, "logging_steps": 1, "learning_rate": 5e-3, "warmup": 0.0}
     return TrainingConfig(**{**base, **overrides})
 
 
@@ -239,8 +239,8 @@ def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_mode
     spec = {"model": str(tiny_model), "data": str(tmp_path / "data"), "probe": list(dev.queries.values())[:4],
             "dev": {"queries": dev.queries, "corpus": dev.corpus,
                     "relevant": {q: sorted(d) for q, d in dev.relevant.items()}},
-            "cfg": {"batch_size": 8, "max_steps": 6, "eval_steps": 2, "save_steps": 2, "save_total_limit": 2,
-                    "logging_steps": 1, "learning_rate": 5e-3, "warmup": 0.2}}
+            "cfg": {"num_negatives": 1, "batch_size": 8, "max_steps": 6, "eval_steps": 2, "save_steps": 2,
+                    "save_total_limit": 2, "logging_steps": 1, "learning_rate": 5e-3, "warmup": 0.2}}
     uninterrupted, killed = _run(tmp_path, spec, "a"), _run(tmp_path, spec, "b", kill_at=5)
     assert _finish(uninterrupted) == 0 and _finish(killed) == -9
     assert max(int(p.name.split("-")[1]) for p in (tmp_path / "b" / "checkpoints").glob("checkpoint-*")) == 4

@@ -6,21 +6,30 @@ really holds, including stages finished by earlier invocations."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+from domain_embed.config import DataConfig, SourceKind
 from domain_embed.context import RunContext
 from domain_embed.report.card import update_model_card
 from domain_embed.report.markdown import metrics_table, render_markdown
 from domain_embed.report.plots import plot_before_after, plot_mrl, plot_recall_curves
+from domain_embed.report.recommend import decide, recommend
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
 _STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate")
 _GAP_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10")
+# evaluate writes {} for a check it skipped: the report says why, and the key that turns it on
+_NOT_RUN = {"mrl": "`training.matryoshka_dims` is empty; set it (e.g. `training.matryoshka_dims=[256,128,64]`) to "
+                   "train with MatryoshkaLoss and score base and tuned models at each dimension",
+            "ood": "`eval.ood.path` is not set; point it at another domain's BEIR directory to check that the tuned "
+                   "model did not forget general retrieval"}
 
 
 def build_report(ctx: RunContext, ran: list[str]) -> dict:
     rd = ctx.run_dir
     manifests = {s: m for s in _STAGE_ORDER if (m := rd.manifest(s)) is not None}
     data = ctx.data
+    encodes = {s: m.get("cost", {}).get("corpus_encodes", 0) for s, m in manifests.items()}
     report: dict = {
         "run": {"dir": str(rd.root), "stages": list(manifests), "ran_now": ran,
                 "model": ctx.cfg.model.name, "budget": ctx.cfg.budget.name, "versions": package_versions(),
@@ -29,7 +38,9 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
                  "splits": {s: len(q) for s, q in data.qrels.items()}, "fingerprint": ctx.data_fingerprint,
                  "skipped": data.skips.summary(), "split_overlap": data.split_overlap()},
         "metrics": {}, "ci95": {}, "comparisons": {},
-        "cost": {"corpus_encodes": sum(m.get("cost", {}).get("corpus_encodes", 0) for m in manifests.values()),
+        # what the run directory's outputs cost in all, and what this invocation paid (the stages it ran)
+        "cost": {"corpus_encodes": sum(encodes.values()),
+                 "corpus_encodes_this_run": sum(encodes.get(s, 0) for s in ran),
                  "stage_seconds": {s: m["seconds"] for s, m in manifests.items()}},
         "warnings": [],
     }
@@ -58,11 +69,13 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
     if data.skips.skipped:
         report["warnings"].append(f"{len(data.skips.skipped)} bad input records were skipped "
                                   "(data.on_error=skip); see data.skipped")
+    report["recommendation"] = recommend(list(report["metrics"]), report["comparisons"], ctx.cfg.eval.decision_metric,
+                                         ctx.cfg.eval.adopt_min_recall_gain)
     return report
 
 
 def _add_tuned(report: dict, folder, ctx: RunContext) -> None:
-    """Tuned metrics, the gap closed on each metric, and the article's adoption rule."""
+    """Tuned metrics, the gap closed on each metric, the article's adoption rule, and the MRL and OOD checks."""
     ev = read_json(folder / "metrics.json")
     report["metrics"].update(ev["systems"])
     report["ci95"].update(ev["ci95"])
@@ -74,35 +87,31 @@ def _add_tuned(report: dict, folder, ctx: RunContext) -> None:
         report["tuned_vs_bm25"] = {m: ev["comparisons"]["tuned-vs-bm25"][m] for m in _GAP_METRICS
                                    if m in ev["comparisons"]["tuned-vs-bm25"]}
     report["decision"] = decide(gap, ctx.cfg.eval.decision_metric, ctx.cfg.eval.adopt_min_recall_gain)
-    for name in ("mrl", "ood"):
+    for name, why in _NOT_RUN.items():
         if (folder / f"{name}.json").exists() and (value := read_json(folder / f"{name}.json")):
             report[name] = value
+        else:
+            report.setdefault("not_run", {})[name] = why
 
 
-def decide(gap: dict, metric: str, min_gain: float) -> dict:
-    """The article's rule: adopt the tuned model when the Recall gain exceeds 5 points and its CI excludes 0."""
-    g = gap[metric]
-    lo, hi = g["ci95"]
-    adopt = g["delta"] > min_gain and lo > 0
-    if adopt:
-        why = (f"{metric} gained {g['delta'] * 100:+.1f} points (95% CI {lo * 100:+.1f} to {hi * 100:+.1f}), "
-               f"above the {min_gain * 100:.0f}-point bar with a CI that excludes 0")
-    elif g["delta"] <= min_gain:
-        why = (f"{metric} changed by {g['delta'] * 100:+.1f} points, not more than the {min_gain * 100:.0f}-point "
-               "bar: keep the base model for operational simplicity, or get more or better triplets")
-    else:
-        why = (f"{metric} gained {g['delta'] * 100:+.1f} points but the 95% CI ({lo * 100:+.1f} to "
-               f"{hi * 100:+.1f}) includes 0: not significant on this many queries")
-    return {"adopt_tuned": adopt, "metric": metric, "min_gain": min_gain, "reason": why}
+def _dataset_name(cfg: DataConfig) -> str:
+    """What a reviewer knows the data as: the hub data set (even read from a local copy), else its folder."""
+    if cfg.source == SourceKind.hub and cfg.hub.name:
+        return cfg.hub.name
+    return Path(cfg.path).name if cfg.path else cfg.name
 
 
 def _plots(report: dict, ctx: RunContext) -> list:
+    """Report plots, each titled with the data set, split and query count so it can be read on its own."""
     folder = ctx.run_dir.root / "plots"
     out = []
     if report["metrics"]:
-        out.append(plot_before_after(report["metrics"], ["ndcg@10", "recall@10", "mrr@10", "recall@100"],
-                                     folder / "before_after.png"))
-        out.append(plot_recall_curves(report["metrics"], folder / "recall_at_k.png"))
+        ev = report["eval"]
+        title = f"{_dataset_name(ctx.cfg.data)}: {ev['split']} split, {ev['n_queries']} queries"
+        shown = [m for m in ("ndcg@10", "recall@10", "mrr@10", "recall@100")
+                 if all(m in values for values in report["metrics"].values())]  # eval.k_values may lack 100
+        out.append(plot_before_after(report["metrics"], report["ci95"], shown, folder / "before_after.png", title))
+        out.append(plot_recall_curves(report["metrics"], folder / "recall_at_k.png", title))
     if "mrl" in report:
         out.append(plot_mrl(report["mrl"], folder / "mrl.png"))
     compare_png = ctx.run_dir.stage_dir("compare") / "quality_vs_dims.png"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from domain_embed.report.recommend import label
+
 _HEADLINE = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10", "precision@1")
 
 
@@ -49,13 +51,16 @@ def _audit(audit: dict) -> str:
             f"`data.truncation={audit['truncation']}`.\n\n{grid}\n\n**Truncation:** {audit['truncated']['note']}.")
 
 
-def _mining(m: dict) -> str:
+def _mining(m: dict, training: dict) -> str:
+    """Mining and training each set a negatives count (`mining.num_negatives`, `training.num_negatives`): show both."""
     p = m["parameters"]
     rows = [[rule, str(n)] for rule, n in m["dropped_by_rule"].items()]
     split = m["split"]
     return (f"Ranks {p['range_min']}..{p['range_max']} of the base model ({m['backend']}), relative margin "
             f"{p['relative_margin']}, absolute margin {p['absolute_margin']}, max score {p['max_score']}, "
-            f"{p['num_negatives']} negatives per pair ({p['sampling']}). {m['candidates']} candidates, "
+            f"{p['num_negatives']} negatives mined per pair ({p['sampling']}; `mining.num_negatives`), "
+            f"{training['num_negatives']} used per training row (`training.num_negatives`, loss `{training['loss']}`). "
+            f"{m['candidates']} candidates, "
             f"{m['kept_before_sampling']} passed every rule, {m['negatives_chosen']} chosen.\n\n"
             + table(["rule", "candidates removed"], rows)
             + f"\n\nTriplets: {split['train_rows']} train, {split['dev_rows']} dev (dev from {split['dev_source']}; "
@@ -81,13 +86,30 @@ def compare_table(c: dict) -> str:
                   "docs over window", "docs/s", "GB / 1M docs (fp32)", "hours to re-encode 1M", "licence"], rows)
 
 
-def _or_dash(value) -> str:
-    return "-" if value is None else str(value)
+def _or_dash(value, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _recommendation(rec: dict) -> str:
+    """The report's first sentence: what to deploy, and why, across every evaluated system."""
+    system = f" (`{rec['system']}`)" if rec["system"] else ""
+    return f"**Recommendation: {label(rec['system'])}**{system}, {rec['reason']}."
+
+
+def _mrl(mrl: dict) -> str:
+    rows = [[d, *[f"{v[s]['ndcg@10']:.4f}" for s in ("baseline", "tuned")]] for d, v in mrl.items()]
+    return table(["dims", "baseline nDCG@10", "tuned nDCG@10"], rows)
+
+
+def _ood(o: dict) -> str:
+    return (f"`{o['path']}` ({o['split']}, {o['queries']} queries, {o['documents']} documents): nDCG@10 "
+            f"{o['baseline']['ndcg@10']:.4f} -> {o['tuned']['ndcg@10']:.4f} ({o['delta']['ndcg@10']:+.4f}).")
 
 
 def render_markdown(report: dict) -> str:
     run, data = report["run"], report["data"]
-    out = [f"# domain-embed report: {run['model']} on {data['source']}", "",
+    out = [f"# domain-embed report: {run['model']} on {data['source']}", "", _recommendation(report["recommendation"]),
+           "",
            f"- run directory: `{run['dir']}`; stages: {', '.join(run['stages']) or 'none'} "
            f"(ran now: {', '.join(run['ran_now']) or 'none'}); budget: {run['budget']}",
            f"- data: {data['documents']} documents, {data['queries']} queries, splits {data['splits']}",
@@ -103,7 +125,7 @@ def render_markdown(report: dict) -> str:
     if "compare" in report:
         c = report["compare"]
         out += ["", f"## Choosing a model ({c['split']} split, {c['n_queries']} queries, {c['documents']} documents)",
-                "", compare_table(c), "", "**Recommendation:**",
+                "", compare_table(c), "", "**Model-selection guide:**",
                 *[f"- {line}" for line in c["recommendation"]["lines"]]]
         if c["rank_correlation"].get("spearman") is not None:
             rc = c["rank_correlation"]
@@ -120,23 +142,22 @@ def render_markdown(report: dict) -> str:
         out += ["", "## Gap closed by fine-tuning", "",
                 "delta = tuned - base; relative = delta / (1 - base), the share of the remaining gap closed.", "",
                 table(["metric", "delta", "relative", "95% CI", "p"], rows), "",
-                f"**Decision: {'adopt the tuned model' if d['adopt_tuned'] else 'do not adopt yet'}.** {d['reason']}."]
+                f"**Decision, tuned vs base model only (the article's rule): "
+                f"{'the tuned model beats the base model' if d['adopt_tuned'] else 'keep the base model'}.** "
+                f"{d['reason']}. The recommendation at the top weighs every evaluated system."]
     if "training" in report:
         t = report["training"]
         out += ["", "## Training", "", f"{t['train_rows']} triplets, {t['global_step']} steps, "
-                f"{t['samples_per_second']:.1f} samples/s; best dev nDCG@10 {t['best_dev_ndcg@10']} "
+                f"{t['samples_per_second']:.1f} samples/s; best dev nDCG@10 {_or_dash(t['best_dev_ndcg@10'], '.4f')} "
                 f"({t['dev_queries']} dev queries, {t['dev_corpus']} dev documents)."]
-    if "mrl" in report:
-        rows = [[d, *[f"{v[s]['ndcg@10']:.4f}" for s in ("baseline", "tuned")]] for d, v in report["mrl"].items()]
-        out += ["", "## Matryoshka dimensions", "", table(["dims", "baseline nDCG@10", "tuned nDCG@10"], rows)]
-    if "ood" in report:
-        o = report["ood"]
-        out += ["", "## Forgetting check (another domain)", "",
-                f"`{o['path']}` ({o['split']}, {o['queries']} queries, {o['documents']} documents): nDCG@10 "
-                f"{o['baseline']['ndcg@10']:.4f} -> {o['tuned']['ndcg@10']:.4f} ({o['delta']['ndcg@10']:+.4f})."]
+    skipped = report.get("not_run", {})
+    checks = (("mrl", "Matryoshka dimensions", _mrl), ("ood", "Forgetting check (another domain)", _ood))
+    for name, heading, body in checks:
+        if name in report or name in skipped:
+            out += ["", f"## {heading}", "", body(report[name]) if name in report else f"Not run: {skipped[name]}."]
     if report.get("plots"):
         out += ["", "## Plots", "", *[f"![{Path(p).stem}]({Path(p).relative_to(Path(report['run']['dir']))})"
                                       for p in report["plots"]]]
     if "mining" in report:
-        out += ["", "## Hard negatives", "", _mining(report["mining"])]
+        out += ["", "## Hard negatives", "", _mining(report["mining"], run["config"]["training"])]
     return "\n".join(out) + "\n"

@@ -36,12 +36,14 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_training(log_history: list[dict], path: Path) -> Path:
-    """Training loss and dev nDCG@10 over steps: where it peaked and whether it was still improving."""
+    """Training loss and dev nDCG@10 over steps: where it peaked and whether it was still improving. Both carry
+    markers, so a run that logged once still shows its point."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     loss = [(r["step"], r["loss"]) for r in log_history if "loss" in r]
     dev = [(r["step"], r["eval_dev_cosine_ndcg@10"]) for r in log_history if "eval_dev_cosine_ndcg@10" in r]
+    ax.set_title(f"fine-tuning: train loss ({len(loss)} logged), dev nDCG@10 ({len(dev)} evaluations)", fontsize=10)
     if loss:
-        ax.plot(*zip(*loss, strict=True), color="tab:blue", label="train loss")
+        ax.plot(*zip(*loss, strict=True), color="tab:blue", marker="o", markersize=4, label="train loss")
     ax.set_xlabel("step")
     ax.set_ylabel("train loss", color="tab:blue")
     if dev:
@@ -51,8 +53,10 @@ def plot_training(log_history: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_before_after(metrics: dict[str, dict[str, float]], names: list[str], path: Path) -> Path:
-    """Grouped bars per metric, one bar per system (baseline, tuned, bm25)."""
+def plot_before_after(metrics: dict[str, dict[str, float]], ci95: dict[str, dict[str, list[float]]],
+                      names: list[str], path: Path, title: str) -> Path:
+    """Grouped bars per metric, one bar per system, with 95% bootstrap CI error bars: overlapping bars are only a
+    difference when their intervals say so."""
     import numpy as np
 
     systems = list(metrics)
@@ -60,23 +64,32 @@ def plot_before_after(metrics: dict[str, dict[str, float]], names: list[str], pa
     width = 0.8 / max(1, len(systems))
     x = np.arange(len(names))
     for i, system in enumerate(systems):
-        values = [metrics[system].get(n, 0.0) for n in names]
-        bars = ax.bar(x + i * width, values, width, label=system)
-        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        values = [metrics[system][n] for n in names]
+        errors = [[v - ci95[system][n][0] for v, n in zip(values, names, strict=True)],
+                  [ci95[system][n][1] - v for v, n in zip(values, names, strict=True)]]
+        bars = ax.bar(x + i * width, values, width, yerr=errors, capsize=3, label=system)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, label_type="center", rotation=90)
     ax.set_xticks(x + width * (len(systems) - 1) / 2, names)
     ax.set_ylim(0, 1)
+    ax.set_title(f"{title} (mean, 95% bootstrap CI)", fontsize=10)
     ax.legend()
     return _save(fig, path)
 
 
-def plot_recall_curves(metrics: dict[str, dict[str, float]], path: Path) -> Path:
+def plot_recall_curves(metrics: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Recall@k of every system on one chart, a tick at each evaluated k."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    ks: set[int] = set()
     for system, values in metrics.items():
         points = sorted((int(m.split("@")[1]), v) for m, v in values.items() if m.startswith("recall@"))
         ax.plot(*zip(*points, strict=True), marker="o", label=system)
+        ks.update(k for k, _ in points)
     ax.set_xscale("log")
+    ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])
+    ax.minorticks_off()
     ax.set_xlabel("k")
     ax.set_ylabel("Recall@k")
+    ax.set_title(title, fontsize=10)
     ax.legend()
     return _save(fig, path)
 

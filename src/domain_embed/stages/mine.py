@@ -1,6 +1,6 @@
 """Stage `mine`: hard negatives for the train/dev queries from the base model's cached embeddings.
 
-Performs no corpus encoding of its own: the corpus vectors come from the cache the baseline filled.
+The corpus vectors come from the cache the baseline filled (an emptied cache is re-encoded, and counted).
 Writes mine/mined.jsonl (one query per line) and mine/stats.json (parameters, rule counts, backend)."""
 
 from __future__ import annotations
@@ -42,16 +42,18 @@ def _rescorer(ctx: RunContext, query_ids: list[str]):
     name = ctx.cfg.mining.rescorer
     if not name:
         return None
+    import torch
     from sentence_transformers import CrossEncoder
 
+    # raw logits, the scale of mining.rescorer_threshold: left to its default, a one-label model applies a
+    # sigmoid, and every score would exceed the default threshold 0.0
     model = CrossEncoder(name, device=None if ctx.cfg.device == "auto" else ctx.cfg.device,
-                         trust_remote_code=ctx.cfg.model.trust_remote_code)
+                         trust_remote_code=ctx.cfg.model.trust_remote_code, activation_fn=torch.nn.Identity())
     queries, documents = ctx.data.queries, ctx.documents
 
     def rescore(row: int, docs: list[int]) -> np.ndarray:
         pairs = [(queries[query_ids[row]], documents[d]) for d in docs]
-        return model.predict(pairs, batch_size=ctx.cfg.mining.rescorer_batch_size, show_progress_bar=False,
-                             activation_fn=None)
+        return model.predict(pairs, batch_size=ctx.cfg.mining.rescorer_batch_size, show_progress_bar=False)
 
     return rescore
 
