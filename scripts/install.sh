@@ -10,5 +10,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
-.venv/bin/python -m pip install -q -e ".[$EXTRAS]"
+echo "installing domain-embed[$EXTRAS] and its dependencies (a few minutes on a fresh machine)"
+.venv/bin/python -m pip install --progress-bar on -e ".[$EXTRAS]" | { grep -v "^Requirement already satisfied" || true; }
 echo "installed: $(.venv/bin/python -c 'import domain_embed, torch; print("domain-embed", domain_embed.__version__, "torch", torch.__version__)')"
+echo "next: HF_HUB_OFFLINE=1 .venv/bin/python -m train +domain=legal data.path=../shared/data/legal/obliqa budget=smoke" \
+  "(python -m train --help for more)"

@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from domain_embed import overrides
 from domain_embed.config import RootConfig, register_configs
 from domain_embed.errors import DomainEmbedError
 
@@ -30,7 +31,11 @@ _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
 
 
 def _fail(message: str) -> None:
-    log.error(message)
+    """The message once on the console (the `error:` line) and once in the run's log file, then exit 2."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
@@ -75,7 +80,7 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 def _summary_lines(report: dict) -> list[str]:
     lines = [f"report: {report['run']['dir']}/report.md (corpus encodes this run: "
-             f"{report['cost']['corpus_encodes']})"]
+             f"{report['cost']['corpus_encodes_this_run']})"]
     for system, values in report["metrics"].items():
         shown = ", ".join(f"{m}={values[m]:.4f}" for m in ("ndcg@10", "recall@10", "mrr@10") if m in values)
         lines.append(f"  {system:>10}: {shown}")
@@ -112,5 +117,8 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    if problem := overrides.check(sys.argv[1:]):
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     register_configs()
     _hydra_main()

@@ -241,3 +241,36 @@ def test_unloadable_hub_dataset_names_it():
 def test_hub_source_needs_a_name():
     with pytest.raises(ConfigError, match=r"data\.hub\.name"):
         load_domain_data(DataConfig(source=SourceKind.hub, on_error=OnError.skip))
+
+
+def test_an_unreachable_hub_is_one_line_with_the_fix_and_no_retries(monkeypatch):
+    import socket
+
+    import datasets
+    from huggingface_hub import constants
+
+    from domain_embed.data import hub
+
+    def refuse(address, timeout):
+        raise OSError(101, "Network is unreachable")
+
+    def never(*args, **kwargs):
+        raise AssertionError("load_dataset would spend half a minute in retries")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    hub._hub_unreachable.cache_clear()
+    try:
+        with pytest.raises(DataError) as caught:
+            load_domain_data(hub_cfg("RegNLP/ObliQA", adapter=HubAdapter.obliqa))
+    finally:
+        hub._hub_unreachable.cache_clear()
+    message = str(caught.value)
+    assert "huggingface.co cannot be reached (Network is unreachable)" in message
+    assert "data.path=<a BEIR folder>" in message and "HF_HUB_OFFLINE=1" in message and "\n" not in message
+
+
+def test_offline_mode_failure_also_names_the_fix():
+    with pytest.raises(DataError, match=r"data\.path=<a BEIR folder>"):
+        load_domain_data(hub_cfg("no-such-org/no-such-set", adapter=HubAdapter.obliqa))

@@ -6,10 +6,14 @@ Records have no line numbers: errors give the 0-based row index, and the file is
 
 from __future__ import annotations
 
+import functools
+import socket
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from domain_embed.config import HubAdapter, HubSourceConfig
 from domain_embed.data.domain import DomainData, Qrels, SkipLog
@@ -30,6 +34,7 @@ from domain_embed.data.validate import (
 from domain_embed.errors import ConfigError, DataError
 
 Records = Iterable[Mapping[str, Any]]
+_PROBE_SECONDS = 3.0
 
 
 def load_hub(cfg: HubSourceConfig, skips: SkipLog) -> DomainData:
@@ -50,9 +55,30 @@ def load_hub(cfg: HubSourceConfig, skips: SkipLog) -> DomainData:
     return adapt_generic(corpus, queries, qrels, name=cfg.name, splits=cfg.splits, skips=skips)
 
 
+_FIX = "set data.path=<a BEIR folder> to read local files, or HF_HUB_OFFLINE=1 to use only the local cache"
+
+
+@functools.cache
+def _hub_unreachable() -> str | None:
+    """Why the Hub cannot be asked (None when it can, or in offline mode, where datasets answers from the cache at
+    once). Asked once, in a few seconds: without it an air-gapped box spends half a minute in retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=_PROBE_SECONDS).close()
+    except OSError as exc:
+        return f"{url.hostname} cannot be reached ({exc.strerror or exc.__class__.__name__})"
+    return None
+
+
 def _load(name: str, revision: str | None, *, config: str | None = None, data_files: str | None = None,
           split: str | None = None) -> Any:
     """`datasets.load_dataset`, with any failure (offline, unknown id, bad files) turned into a DataError."""
+    if not Path(name).exists() and (reason := _hub_unreachable()):
+        raise DataError(f"cannot load hub dataset '{name}': {reason}; {_FIX}", file=name)
     import datasets  # slow to import; only hub sources pay for it
 
     try:
@@ -60,7 +86,7 @@ def _load(name: str, revision: str | None, *, config: str | None = None, data_fi
     except Exception as err:  # datasets raises many unrelated types (ConnectionError, ValueError, ...)
         part = f" (config '{config}')" if config else f" (files '{data_files}')" if data_files else ""
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot load hub dataset '{name}'{part}: {detail}", file=name) from err
+        raise DataError(f"cannot load hub dataset '{name}'{part}: {detail}; {_FIX}", file=name) from err
 
 
 def _only_split(dataset: Mapping[str, Records], name: str, config: str) -> Records:
