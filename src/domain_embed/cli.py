@@ -96,6 +96,8 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if unknown := unknown_keys(dcfg):
         _fail(f"unknown config key(s) {', '.join(unknown)}: not in the typed config (check the spelling)")
+    log.info("run directory: %s (data: %s, model: %s, budget: %s)", Path(dcfg.run_dir).resolve(),
+             dcfg.data.path or f"hub {dcfg.data.hub.name}", dcfg.model.name, dcfg.budget.name)
     try:
         cfg: RootConfig = OmegaConf.to_object(dcfg)
         hydra_cfg = HydraConfig.get()

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 
 class Truncation(StrEnum):
@@ -267,6 +270,17 @@ class RootConfig:
     shared_dir: str | None = None
 
 
+def data_key(name: str, path: str | None) -> str:
+    """The data's part of the default run directory: the domain name for a hub source; for a folder, its name and
+    a short hash of its absolute path, so that two BEIR folders run with the same domain never share outputs."""
+    if not path:
+        return name
+    folder = Path(path).expanduser().resolve()
+    return f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=RootConfig)
+    if not OmegaConf.has_resolver("de.data_key"):
+        OmegaConf.register_new_resolver("de.data_key", data_key)

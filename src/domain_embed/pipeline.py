@@ -8,6 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from domain_embed import distributed
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
@@ -94,7 +96,21 @@ def _decide(ctx: RunContext, name: str) -> tuple[dict, str, Path | None, bool]:
 
 
 def _run_stage(ctx: RunContext, name: str) -> bool:
-    return _execute(ctx, name, *_decide(ctx, name))
+    if not (ctx.shared_dir and name in SHARED_STAGES):
+        return _execute(ctx, name, *_decide(ctx, name))
+    # sweep jobs (joblib, SLURM) reach a shared stage together: one computes it under the lock, the others wait
+    # and then find its manifest, so the decision is taken (again) only while holding the lock
+    ctx.shared_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(ctx.shared_dir / f"{name}-{stable_hash(REGISTRY[name].inputs(ctx))[:16]}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("stage %s: another job of the sweep is computing it; waiting for it (%s)", name, lock.lock_file)
+        lock.acquire()
+    try:
+        return _execute(ctx, name, *_decide(ctx, name))
+    finally:
+        lock.release()
 
 
 def _execute(ctx: RunContext, name: str, inputs: dict, key: str, shared: Path | None, needed: bool) -> bool:
