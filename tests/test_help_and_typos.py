@@ -52,4 +52,5 @@ def test_a_user_error_is_printed_once_and_kept_in_the_run_log(tmp_path):
     proc = _train("+domain=beir", "data.path=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).count("BEIR directory not found") == 1
-    assert "BEIR directory not found" in (tmp_path / "run" / "train.log").read_text()
+    (attempt,) = (tmp_path / "run" / "attempts").iterdir()  # a failed attempt keeps its log apart
+    assert "BEIR directory not found" in (attempt / "train.log").read_text()

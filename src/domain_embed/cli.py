@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from domain_embed import overrides
+from domain_embed import attempts, distributed, overrides
 from domain_embed.config import RootConfig, register_configs
 from domain_embed.errors import DomainEmbedError
 
@@ -114,6 +114,8 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
         _fail(f"{exc.filename or 'output'}: {exc.strerror}")
     for line in _summary_lines(report):
         log.info(line)
+    if distributed.is_main():
+        attempts.promote(Path(cfg.run_dir), f"{HydraConfig.get().job.name}.log")
     # returned for sweepers (e.g. optuna): the dev metric, so hyperparameters are never tuned on test
     return report.get("training", {}).get("best_dev_ndcg@10")
 

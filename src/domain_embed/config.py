@@ -11,6 +11,8 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from domain_embed.attempts import ATTEMPT_ID, attempt_file
+
 
 class Truncation(StrEnum):
     chunk = "chunk"  # split long documents into overlapping windows that fit
@@ -282,5 +284,7 @@ def data_key(name: str, path: str | None) -> str:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=RootConfig)
-    if not OmegaConf.has_resolver("de.data_key"):
-        OmegaConf.register_new_resolver("de.data_key", data_key)
+    for name, resolver in (("de.data_key", data_key), ("de.attempt_id", lambda: ATTEMPT_ID),
+                           ("de.attempt_file", attempt_file)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

@@ -1,0 +1,38 @@
+"""A failed attempt into a finished run directory leaves the run's record byte-identical; its own config and log
+are kept apart under attempts/."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _train(*args):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "train", *args], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _snapshot(run: Path) -> dict[str, str]:
+    """Every file of the run except the attempts' own folders, by content."""
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.rglob("*")) if p.is_file() and p.relative_to(run).parts[0] != "attempts"}
+
+
+def test_a_failed_attempt_leaves_a_finished_run_byte_identical(tiny_beir, tiny_model, tmp_path):
+    run = tmp_path / "run"
+    common = ["+domain=beir", f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}",
+              f"hydra.run.dir={run}", "stages=[audit,baseline]"]
+    ok = _train(*common, f"data.path={tiny_beir}")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert f"path: {tiny_beir}\n" in (run / ".hydra" / "config.yaml").read_text()
+    assert "stage baseline: done" in (run / "train.log").read_text()
+    before = _snapshot(run)
+
+    failed = _train(*common, "data.path=/nonexistent")
+    assert failed.returncode == 2
+    assert _snapshot(run) == before  # .hydra/config.yaml, overrides.yaml, train.log, report.*, stage folders
+    attempts = sorted((run / "attempts").iterdir())
+    assert len(attempts) == 2
+    assert "path: /nonexistent\n" in (attempts[-1] / ".hydra" / "config.yaml").read_text()
+    assert "BEIR directory not found" in (attempts[-1] / "train.log").read_text()
