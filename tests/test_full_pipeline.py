@@ -48,6 +48,16 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
     assert model.encode(["capital requirements"]).shape == (1, 32)
     card = (run / "finetune" / "model" / "README.md").read_text()
     assert "| tuned |" in card and "| baseline |" in card and '"loss": "mnrl"' in card
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())  # gone once published
+
+
+def test_checkpoints_kept_on_request_and_dev_queries_capped(make_config, overrides, tmp_path):
+    run = tmp_path / "run"
+    cfg = make_config(run, *overrides, "stages=[finetune]", "training.keep_checkpoints=true",
+                      "training.dev_max_queries=2")
+    report = run_pipeline(RunContext(cfg, run))
+    assert report["training"]["dev_queries"] == 2
+    assert list((run / "checkpoints").glob("*/checkpoints/checkpoint-*"))
     log = json.loads((run / "finetune" / "train_log.json").read_text())
     assert any("loss" in r for r in log["log_history"])
 

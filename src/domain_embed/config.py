@@ -213,8 +213,10 @@ class TrainingConfig:
     save_total_limit: int = 2
     early_stopping_patience: int | None = None  # evaluations without dev nDCG@10 improvement
     dev_corpus_size: int = 2000  # dev positives + their mined negatives + a random sample
+    dev_max_queries: int | None = None  # a seeded sample of the dev queries evaluated during training; None: all
     dataloader_workers: int = 0
     resume: bool = False  # continue from the last checkpoint (optimizer, scheduler, RNG, data position)
+    keep_checkpoints: bool = False  # false: the checkpoints go once the stage has published its model
 
 
 @dataclass

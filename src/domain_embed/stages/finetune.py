@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 from pathlib import Path
 
 from datasets import DatasetDict
@@ -25,7 +26,8 @@ from domain_embed.tuning.trainer import DevSet, save_model, train_model
 
 def _training_inputs(ctx: RunContext) -> dict:
     training = dataclasses.asdict(ctx.cfg.training)
-    training.pop("resume")  # resuming must reproduce the same output, so it is not an input
+    for key in ("resume", "keep_checkpoints"):  # how the run gets there, not what it produces
+        training.pop(key)
     return {"triplets": ctx.run_dir.manifest("triplets")["key"], "model": ctx.embedder.fingerprint,
             "training": training, "seed": ctx.cfg.seed}
 
@@ -34,9 +36,13 @@ def checkpoints_dir(ctx: RunContext, key: str) -> Path:
     return ctx.run_dir.root / "checkpoints" / key[:16]
 
 
-def dev_set(ctx: RunContext, dev, size: int, seed: int) -> DevSet:
-    """Dev queries with their positives, their mined negatives and a random sample of the corpus: small
-    enough to evaluate often, hard enough to rank checkpoints."""
+def dev_set(ctx: RunContext, dev, size: int, seed: int, max_queries: int | None = None) -> DevSet:
+    """Dev queries (a seeded sample of `max_queries`) with their positives, their mined negatives and a random
+    sample of the corpus: small enough to evaluate often, hard enough to rank checkpoints."""
+    if max_queries is not None:
+        qids = sorted(set(dev["query_id"]))
+        kept = set(random.Random(seed).sample(qids, min(max_queries, len(qids))))
+        dev = dev.filter(lambda row: row["query_id"] in kept)
     windows = ctx.windows()
     first_window = {}
     for w, p in enumerate(windows.parents.tolist()):
@@ -69,7 +75,8 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
                         f"batch ({training.batch_size} per rank x {ranks} rank(s)): lower training.batch_size or "
                         "training.num_negatives, or mine more (see triplets/mining_meta.json)", field="triplets")
     dev_rows = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / "dataset"))["dev"]
-    dev = dev_set(ctx, dev_rows, training.dev_corpus_size, cfg.seed) if len(dev_rows) else None
+    dev = dev_set(ctx, dev_rows, training.dev_corpus_size, cfg.seed, training.dev_max_queries) if len(dev_rows) \
+        else None
 
     base = ctx.embedder
     # a fresh copy (the base model stays untouched for the guide), in fp32 whatever the encode dtype: the optimizer
@@ -97,6 +104,8 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     atomic_write_json(out / "train_log.json", log)
     plot_training(result.log_history, out / "training.png")
     extras["cost"] = {"corpus_encodes": 0}
+    if not training.keep_checkpoints:  # only a killed, unfinished stage resumes from them
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _peak_gpu_memory_gib() -> float | None:
