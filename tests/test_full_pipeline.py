@@ -23,7 +23,21 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
     report = run_pipeline(RunContext(cfg, run))
     assert report["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
     assert report["cost"]["corpus_encodes"] == 2  # base once, tuned once; the OOD corpus is not ours
-    assert set(report["metrics"]) == {"baseline", "bm25", "tuned"}
+    assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned"}
+    for name in ("hybrid_base", "hybrid_tuned"):  # scored like every other system, fused as chosen on dev
+        lo, hi = report["ci95"][name]["ndcg@10"]
+        assert lo <= report["metrics"][name]["ndcg@10"] <= hi
+        how = report["hybrid"][name]
+        assert how["dev_split"] == "dev" and how["dev_value"] == max(g["value"] for g in how["grid"])
+        assert (how["method"], how["alpha"]) in {(g["method"], g["alpha"]) for g in how["grid"]}
+    for pair in ("hybrid_base-vs-baseline", "hybrid_base-vs-bm25", "hybrid_tuned-vs-tuned", "hybrid_tuned-vs-bm25",
+                 "hybrid_tuned-vs-baseline", "hybrid_tuned-vs-hybrid_base", "hybrid_base-vs-tuned"):
+        c = report["comparisons"][pair]["ndcg@10"]
+        a, b = pair.split("-vs-")
+        assert c["delta"] == pytest.approx(report["metrics"][a]["ndcg@10"] - report["metrics"][b]["ndcg@10"], abs=1e-9)
+    per_query = json.loads((run / "evaluate" / "per_query.json").read_text())
+    assert "hybrid_tuned" in per_query["systems"] and (run / "evaluate" / "ranking_hybrid_tuned.npz").exists()
+    assert (run / "baseline" / "ranking_hybrid_base.npz").exists()
     gap = report["gap_closed"]["ndcg@10"]
     assert gap["delta"] == pytest.approx(report["metrics"]["tuned"]["ndcg@10"] - report["metrics"]["baseline"]
                                          ["ndcg@10"], abs=1e-9)
@@ -33,7 +47,7 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
     rec = report["recommendation"]
     pairs = {(e["a"], e["b"]) for e in rec["compared"]}
     assert rec["system"] in report["metrics"]
-    assert {("bm25", "baseline"), ("tuned", "baseline"), ("tuned", "bm25")} <= pairs
+    assert {("bm25", "baseline"), ("tuned", "baseline"), ("tuned", "bm25"), ("hybrid_tuned", "hybrid_base")} <= pairs
     assert report["training"]["global_step"] > 0 and report["training"]["best_dev_ndcg@10"] is not None
     for name in ("before_after", "recall_at_k", "mrl"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000

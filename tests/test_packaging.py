@@ -28,7 +28,7 @@ def test_wheel_ships_the_config_tree_and_runs_from_it(tmp_path):
     proc = _compose(tmp_path, "+domain=legal", "budget=smoke",
                     env={"PYTHONPATH": str(site), "PYTHONSAFEPATH": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert "RegNLP/ObliQA" in proc.stdout and "max_corpus: 1500" in proc.stdout
+    assert "RegNLP/ObliQA" in proc.stdout and "max_corpus: 1000" in proc.stdout
     probe = subprocess.run([sys.executable, "-c", "import domain_embed; print(domain_embed.__file__)"],
                            env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True)
     assert probe.stdout.startswith(str(site))

@@ -20,8 +20,8 @@ def _run(make_config, run_dir, *overrides):
 
 def test_audit_and_baseline_write_the_report(make_config, overrides, tmp_path):
     report = _run(make_config, tmp_path, *overrides)
-    assert set(report["metrics"]) == {"baseline", "bm25"}
-    for system in ("baseline", "bm25"):
+    assert set(report["metrics"]) == {"baseline", "bm25", "hybrid_base"}
+    for system in ("baseline", "bm25", "hybrid_base"):
         for metric in ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10", "precision@1"):
             assert 0.0 <= report["metrics"][system][metric] <= 1.0
         lo, hi = report["ci95"][system]["ndcg@10"]
@@ -40,9 +40,15 @@ def test_audit_and_baseline_write_the_report(make_config, overrides, tmp_path):
     assert "| baseline |" in md and "| bm25 |" in md and "Token-length audit" in md
     # no tuned model: the recommendation weighs BM25 against the (random) base model, from the stored comparison
     rec, stored = report["recommendation"], report["comparisons"]["bm25-vs-baseline"]["recall@10"]
-    assert rec["system"] == "bm25" and rec["compared"] == [
-        {"a": "bm25", "b": "baseline", "metric": "recall@10", "delta": stored["delta"], "ci95": stored["ci95"],
-         "p": stored["p_value"]}]
+    assert rec["system"] == "bm25" and rec["compared"][0] == {
+        "a": "bm25", "b": "baseline", "metric": "recall@10", "delta": stored["delta"], "ci95": stored["ci95"],
+        "p": stored["p_value"]}
+    assert {(e["a"], e["b"]) for e in rec["compared"][1:]} == {("hybrid_base", "baseline"), ("hybrid_base", "bm25")}
+    # the hybrid's fusion was chosen on dev (queries only: the corpus encode above stays 1), among RRF and the grid
+    how = report["hybrid"]["hybrid_base"]
+    assert how["dev_split"] == "dev" and how["dev_metric"] == "ndcg@10" and len(how["grid"]) == 10
+    assert how["dev_value"] == max(g["value"] for g in how["grid"]) and how["method"] in ("rrf", "convex")
+    assert "## Hybrid retrieval (BM25 + dense model)" in md and "| hybrid_base |" in md
     assert md.splitlines()[2] == f"**Recommendation: BM25** (`bm25`), {rec['reason']}."
 
 

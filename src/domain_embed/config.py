@@ -135,6 +135,25 @@ class OodConfig:
     max_corpus: int | None = 3000
 
 
+class FusionMethod(StrEnum):
+    auto = "auto"  # rrf or convex, whichever scores best on the dev split
+    rrf = "rrf"
+    convex = "convex"
+
+
+@dataclass
+class HybridConfig:
+    """BM25 + dense fusion (systems hybrid_base and hybrid_tuned). What is left open (the method under `auto`, the
+    convex `alpha` when None) is chosen on the dev split by `eval.primary_metric`, never on the evaluated split."""
+
+    enabled: bool = True
+    method: FusionMethod = FusionMethod.auto
+    rrf_k: int = 60
+    alpha: float | None = None  # convex weight on the dense side; None: the best of alpha_grid on dev
+    alpha_grid: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    depth: int = 100  # each system's top-depth documents are fused
+
+
 @dataclass
 class EvalConfig:
     split: str = "test"
@@ -147,6 +166,7 @@ class EvalConfig:
     bootstrap_seed: int = 0
     bm25: BM25Config = field(default_factory=BM25Config)
     ood: OodConfig = field(default_factory=OodConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
     adopt_min_recall_gain: float = 0.05  # the article: adopt when Recall gains > 5 points and the CI excludes 0
     decision_metric: str = "recall@10"
 

@@ -98,8 +98,8 @@ def _decide(ctx: RunContext, name: str) -> tuple[dict, str, Path | None, bool]:
 def _run_stage(ctx: RunContext, name: str) -> bool:
     if not (ctx.shared_dir and name in SHARED_STAGES):
         return _execute(ctx, name, *_decide(ctx, name))
-    # sweep jobs (joblib, SLURM) reach a shared stage together: one computes it under the lock, the others wait
-    # and then find its manifest, so the decision is taken (again) only while holding the lock
+    # sweep jobs (parallel local launchers, SLURM) reach a shared stage together: one computes it under the lock,
+    # the others wait and then find its manifest, so the decision is taken (again) only while holding the lock
     ctx.shared_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(ctx.shared_dir / f"{name}-{stable_hash(REGISTRY[name].inputs(ctx))[:16]}.lock")
     try:

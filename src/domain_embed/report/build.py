@@ -54,6 +54,7 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
                           "primary_metric": ctx.cfg.eval.primary_metric}
         for key in ("metrics", "ci95", "comparisons"):
             report[key].update(base["systems" if key == "metrics" else key])
+        _add_hybrid(report, base)
     if "compare" in manifests:
         report["compare"] = read_json(rd.stage_dir("compare") / "compare.json")
     if report["data"]["split_overlap"]:
@@ -74,12 +75,23 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
     return report
 
 
+def _add_hybrid(report: dict, summary: dict) -> None:
+    """How each hybrid of a stage's metrics.json was fused (settings chosen on dev), or in not_run why it was not
+    scored."""
+    for name, how in summary.get("hybrid", {}).items():
+        if "skipped" in how:
+            report.setdefault("not_run", {})[name] = how["skipped"]
+        else:
+            report.setdefault("hybrid", {})[name] = how
+
+
 def _add_tuned(report: dict, folder, ctx: RunContext) -> None:
     """Tuned metrics, the gap closed on each metric, the article's adoption rule, and the MRL and OOD checks."""
     ev = read_json(folder / "metrics.json")
     report["metrics"].update(ev["systems"])
     report["ci95"].update(ev["ci95"])
     report["comparisons"].update(ev["comparisons"])
+    _add_hybrid(report, ev)
     gap = ev["comparisons"]["tuned-vs-baseline"]
     report["gap_closed"] = {m: {k: gap[m][k] for k in ("delta", "relative", "ci95", "p_value")}
                             for m in _GAP_METRICS if m in gap}

@@ -106,6 +106,17 @@ def _ood(o: dict) -> str:
             f"{o['baseline']['ndcg@10']:.4f} -> {o['tuned']['ndcg@10']:.4f} ({o['delta']['ndcg@10']:+.4f}).")
 
 
+def _hybrid(how: dict | str) -> str:
+    """How a hybrid was fused and where its settings came from (a string: why it was not scored)."""
+    if isinstance(how, str):
+        return f"not run: {how}."
+    fusion = (f"reciprocal rank fusion (k={how['rrf_k']})" if how["method"] == "rrf"
+              else f"convex combination of min-max normalised scores, dense weight alpha={how['alpha']:g}")
+    source = (f"chosen on the {how['dev_split']} split by {how['dev_metric']} ({how['dev_value']:.4f} there, best of "
+              f"{len(how['grid'])} options)" if how["grid"] else "fixed by the config")
+    return f"{fusion} over each system's top {how['depth']}; {source}."
+
+
 def render_markdown(report: dict) -> str:
     run, data = report["run"], report["data"]
     out = [f"# domain-embed report: {run['model']} on {data['source']}", "", _recommendation(report["recommendation"]),
@@ -122,6 +133,11 @@ def render_markdown(report: dict) -> str:
         ev = report["eval"]
         out += ["", f"## Retrieval quality ({ev['split']} split, {ev['n_queries']} queries)", "",
                 "Mean over queries, with 95% bootstrap CI.", "", metrics_table(report)]
+    hybrids = {**report.get("hybrid", {}),
+               **{n: why for n, why in report.get("not_run", {}).items() if n.startswith("hybrid")}}
+    if hybrids:
+        out += ["", "## Hybrid retrieval (BM25 + dense model)", "",
+                *[f"- {name}: {_hybrid(how)}" for name, how in hybrids.items()]]
     if "compare" in report:
         c = report["compare"]
         out += ["", f"## Choosing a model ({c['split']} split, {c['n_queries']} queries, {c['documents']} documents)",

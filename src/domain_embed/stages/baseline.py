@@ -1,36 +1,45 @@
-"""Stage `baseline`: the base model and BM25 on the evaluation split, scored by the same code.
+"""Stage `baseline`: the base model, BM25 and their hybrid (`hybrid_base`) on the evaluation split, scored by the
+same code.
 
-Writes baseline/metrics.json (means, bootstrap CIs, the paired comparison), baseline/per_query.json
-(per-query values, for later paired tests against the tuned model) and baseline/rankings.npz."""
+Writes baseline/metrics.json (means, bootstrap CIs, the paired comparisons, how the hybrid was fused),
+baseline/per_query.json (per-query values, for later paired tests against the tuned model) and
+baseline/ranking_<system>.npz."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from domain_embed.context import RunContext
-from domain_embed.retrieval.evaluate import SystemResult, evaluate_bm25, evaluate_dense
+from domain_embed.retrieval.evaluate import SystemResult, evaluate_hybrid, hybrid_splits, rank_bm25, rank_dense
 from domain_embed.retrieval.metrics import bootstrap_ci, compare_systems
 from domain_embed.rundir import atomic_write_json
 from domain_embed.stages.base import Stage, register
+
+log = logging.getLogger(__name__)
 
 
 def _inputs(ctx: RunContext) -> dict:
     e = ctx.cfg.eval
     return {"audit": ctx.run_dir.manifest("audit")["key"], "model": ctx.embedder.fingerprint,
             "encode_dtype": ctx.embedder.encode_dtype, "split": e.split, "k_values": list(e.k_values),
-            "bm25": vars(e.bm25) if e.bm25.enabled else None, "bootstrap": [e.bootstrap_samples, e.bootstrap_seed],
+            "bm25": vars(e.bm25) if e.bm25.enabled else None,
+            "hybrid": dataclasses.asdict(e.hybrid) if e.hybrid.enabled else None,
+            "bootstrap": [e.bootstrap_samples, e.bootstrap_seed],
             "prompts": [ctx.cfg.model.query_prompt, ctx.cfg.model.document_prompt]}
 
 
 def write_results(out: Path, results: list[SystemResult], ctx: RunContext,
-                  pairs: list[tuple[str, str]] | None = None) -> dict:
+                  pairs: list[tuple[str, str]] | None = None, hybrid: dict | None = None) -> dict:
     """Means, CIs and per-query values of each system, and paired comparisons `"A-vs-B"` (delta = A - B over
-    the same queries) for `pairs`, by default each system against the first one."""
+    the same queries) for `pairs`, by default each system against the first one; `hybrid`: how each hybrid
+    was fused, or why it was not."""
     e = ctx.cfg.eval
     summary = {"split": e.split, "n_queries": len(results[0].metrics.qids), "systems": {}, "ci95": {},
-               "backends": {}, "comparisons": {}}
+               "backends": {}, "comparisons": {}, "hybrid": hybrid or {}}
     per_query = {"qids": list(results[0].metrics.qids), "systems": {}}
     for r in results:
         summary["systems"][r.name] = r.metrics.mean()
@@ -50,14 +59,33 @@ def write_results(out: Path, results: list[SystemResult], ctx: RunContext,
     return summary
 
 
+def add_hybrid(name: str, dense: dict[str, SystemResult], sparse: dict[str, SystemResult] | None,
+               skipped: str | None, ctx: RunContext, results: list[SystemResult], hybrid: dict) -> bool:
+    """Appends the hybrid of `dense` and BM25 to `results` and how it was fused to `hybrid`, or there the reason
+    it was not scored, `skipped` (then False)."""
+    if skipped is not None:
+        log.warning("%s not scored: %s", name, skipped)
+        hybrid[name] = {"skipped": skipped}
+        return False
+    result, hybrid[name] = evaluate_hybrid(name, dense, sparse, ctx.data, ctx.cfg.eval)
+    results.append(result)
+    return True
+
+
 def _run(ctx: RunContext, out: Path, extras: dict) -> None:
-    cfg = ctx.cfg
+    cfg, e = ctx.cfg, ctx.cfg.eval
     before = ctx.embedder.stats.corpus_encodes
-    results = [evaluate_dense("baseline", ctx.embedder, ctx.data, ctx.windows(), cfg.eval.split, cfg.eval,
-                              cfg.data.use_title)]
-    if cfg.eval.bm25.enabled:
-        results.append(evaluate_bm25(ctx.data, cfg.eval.split, cfg.eval, cfg.data.use_title))
-    write_results(out, results, ctx)
+    splits, skipped = hybrid_splits(e, ctx.data)
+    depth = e.hybrid.depth if skipped is None else 0
+    dense = rank_dense("baseline", ctx.embedder, ctx.data, ctx.windows(), splits, e, cfg.data.use_title, depth=depth)
+    results, hybrid, sparse = [dense[e.split]], {}, None
+    if e.bm25.enabled:
+        sparse = rank_bm25(ctx.data, splits, e, cfg.data.use_title, depth=depth)
+        results.append(sparse[e.split])
+    pairs = [("bm25", "baseline")] if sparse else []
+    if add_hybrid("hybrid_base", dense, sparse, skipped, ctx, results, hybrid):
+        pairs += [("hybrid_base", "baseline"), ("hybrid_base", "bm25")]
+    write_results(out, results, ctx, pairs, hybrid)
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
 
 

@@ -1,7 +1,8 @@
-"""Stage `evaluate`: the tuned model on the held-out split, with the same evaluator and cache as the
-baseline (one corpus encode for the tuned model; the base model's vectors come from the cache, or are
-re-encoded and counted when it was emptied), Matryoshka dimensions, and a forgetting check on another
-domain. Writes evaluate/metrics.json, per_query.json, mrl.json and ood.json."""
+"""Stage `evaluate`: the tuned model and its hybrid with BM25 (`hybrid_tuned`) on the held-out split, with the same
+evaluator and cache as the baseline (one corpus encode for the tuned model; the base model's vectors come from the
+cache, or are re-encoded and counted when it was emptied), Matryoshka dimensions, and a forgetting check on another
+domain. `hybrid_base` is re-scored with the fusion the baseline stage chose, for the paired comparisons with the
+tuned systems. Writes evaluate/metrics.json, per_query.json, mrl.json and ood.json."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from pathlib import Path
 from domain_embed.context import RunContext
 from domain_embed.data.chunking import Windows
 from domain_embed.data.loader import load_domain_data
-from domain_embed.retrieval.evaluate import evaluate_bm25, evaluate_dense
-from domain_embed.rundir import atomic_write_json
+from domain_embed.retrieval.evaluate import evaluate_dense, evaluate_hybrid, hybrid_splits, rank_bm25, rank_dense
+from domain_embed.retrieval.fusion import Fusion
+from domain_embed.rundir import atomic_write_json, read_json
 from domain_embed.stages.base import Stage, register
-from domain_embed.stages.baseline import write_results
+from domain_embed.stages.baseline import add_hybrid, write_results
 from domain_embed.stages.finetune import trained_model_path
 
 _SHOWN = ("ndcg@10", "recall@10", "mrr@10")
@@ -36,14 +38,25 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     before = ctx.embedder.stats.corpus_encodes
     tuned = tuned_embedder(ctx)
     windows = ctx.windows()
-    split, use_title = cfg.eval.split, cfg.data.use_title
-    results = [evaluate_dense("baseline", ctx.embedder, data, windows, split, cfg.eval, use_title),
-               evaluate_dense("tuned", tuned, data, windows, split, cfg.eval, use_title)]
-    pairs = [("tuned", "baseline")]
-    if cfg.eval.bm25.enabled:
-        results.append(evaluate_bm25(data, split, cfg.eval, use_title))
+    e, use_title = cfg.eval, cfg.data.use_title
+    split = e.split
+    splits, skipped = hybrid_splits(e, data)
+    depth = e.hybrid.depth if skipped is None else 0
+    base = rank_dense("baseline", ctx.embedder, data, windows, [split], e, use_title, depth=depth)
+    dense = rank_dense("tuned", tuned, data, windows, splits, e, use_title, depth=depth)
+    results, pairs, hybrid, sparse = [base[split], dense[split]], [("tuned", "baseline")], {}, None
+    if e.bm25.enabled:
+        sparse = rank_bm25(data, splits, e, use_title, depth=depth)
+        results.append(sparse[split])
         pairs.append(("tuned", "bm25"))
-    write_results(out, results, ctx, pairs)
+    if add_hybrid("hybrid_tuned", dense, sparse, skipped, ctx, results, hybrid):
+        pairs += [("hybrid_tuned", "tuned"), ("hybrid_tuned", "bm25"), ("hybrid_tuned", "baseline")]
+        chosen = read_json(ctx.run_dir.stage_dir("baseline") / "metrics.json").get("hybrid", {}).get("hybrid_base")
+        if chosen and "skipped" not in chosen:
+            fusion = Fusion(chosen["method"], chosen["alpha"], chosen["rrf_k"])
+            results.append(evaluate_hybrid("hybrid_base", base, sparse, data, e, fusion)[0])
+            pairs += [("hybrid_base", "tuned"), ("hybrid_tuned", "hybrid_base")]
+    write_results(out, results, ctx, pairs, hybrid)
 
     mrl = {}
     for dims in sorted(cfg.training.matryoshka_dims, reverse=True):
