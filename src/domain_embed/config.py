@@ -303,10 +303,16 @@ def data_key(name: str, path: str | None) -> str:
     return f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
 
 
+def source_for(path: str | None, source: str) -> str:
+    """What a domain config loads: a local folder (data.path) wins over the domain's own source, and the
+    resolved config (report.json, `--cfg job --resolve`) says so."""
+    return SourceKind.beir.value if path else source
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=RootConfig)
-    for name, resolver in (("de.data_key", data_key), ("de.attempt_id", lambda: ATTEMPT_ID),
+    for name, resolver in (("de.data_key", data_key), ("de.source", source_for), ("de.attempt_id", lambda: ATTEMPT_ID),
                            ("de.attempt_file", attempt_file)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -1,4 +1,5 @@
-"""The default run directory: two data folders never collide, the same folder always resumes in one place."""
+"""What the composed config says: where a run writes (two data folders never collide, the same folder always
+resumes in one place) and what it loads."""
 
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
@@ -6,11 +7,14 @@ from omegaconf import OmegaConf
 from domain_embed.config import register_configs
 
 
-def _run_dir(*overrides: str) -> str:
+def _compose(*overrides: str):
     register_configs()
     with initialize_config_module("domain_embed.conf", version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-    return OmegaConf.select(cfg, "hydra.run.dir")
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def _run_dir(*overrides: str) -> str:
+    return OmegaConf.select(_compose(*overrides), "hydra.run.dir")
 
 
 def test_two_beir_folders_with_the_same_domain_get_two_run_directories(tmp_path):
@@ -21,3 +25,8 @@ def test_two_beir_folders_with_the_same_domain_get_two_run_directories(tmp_path)
     assert dir_a.startswith("outputs/corpus-") and dir_a.endswith("/minilm-full")
     assert _run_dir("+domain=beir", f"data.path={a}/") == dir_a  # the same folder, spelt differently
     assert _run_dir("+domain=legal") == "outputs/legal/minilm-full"  # a hub source keeps the domain name
+
+
+def test_a_local_folder_makes_the_config_say_it_loads_the_folder(tmp_path):
+    assert OmegaConf.select(_compose("+domain=legal", f"data.path={tmp_path}"), "data.source") == "beir"
+    assert OmegaConf.select(_compose("+domain=legal"), "data.source") == "hub"
