@@ -1,35 +1,34 @@
-"""Benchmark: hard-negative mining search at scale, on a synthetic corpus larger than its float32 budget.
+"""Benchmark: the mining search at scale, on a synthetic corpus stored as a float16 memmap.
 
-Writes a clustered, L2-normalised N x D corpus as a float16 .npy memmap (in blocks, never whole in RAM),
-searches Q perturbed-corpus queries for the top-k through the IVF path streaming results to disk
-(`search_to_disk`), and measures recall@10 of IVF against exact search (flat index) on a subsample.
-Prints machine, parameters, wall times per phase, peak RSS (VmHWM) and recall.
+Writes a clustered, L2-normalised N x D corpus as a float16 .npy memmap (in blocks, never whole in RAM) and Q
+perturbed-corpus queries, then alternates (see benchlib) three ways of finding each query's top-k documents:
+  plain FAISS: the corpus read into float32 RAM, IndexFlatIP, queries in batches of 16,384, the way
+      sentence-transformers' mine_hard_negatives(use_faiss=True) searches
+  search_documents flat: what the mine stage runs (tuning/mining.py) with its default mining.search: exact,
+      the corpus converted and added block by block; equal work to plain FAISS
+  search_documents IVF: the same call with mining.search.index=ivf (nlist, nprobe, optionally pq_m)
+One vector per document, so search_documents hands over to `search`, as it does for an unchunked corpus.
+Prints the table, the build/search phases and recall@10 of each package side against plain exact search.
 
     python scripts/bench_scale.py                      # 1M x 384, 50k queries, top-50, nlist=1024, nprobe=16
-    python scripts/bench_scale.py --n 200000 --queries 10000 --pq-m 48
+    python scripts/bench_scale.py --n 200000 --queries 5000 --nlist 512 --train-size 65536   # 2 CPU cores
+
+The exact sides grow with N x Q: at the defaults each run takes about 5-10 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import Side, alternate, machine, report
 
 BLOCK = 65536
-
-
-def _proc_kib(path: str, key: str) -> int:
-    for line in Path(path).read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+ST_FAISS_BATCH = 16384  # mine_hard_negatives' default faiss_batch_size
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -60,6 +59,21 @@ def make_queries(corpus: np.ndarray, n: int, noise: float, seed: int) -> np.ndar
     return _normalise(q)
 
 
+def plain_faiss(queries: np.ndarray, corpus: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k as sentence-transformers' miner does it: one float32 IndexFlatIP, batched queries."""
+    import faiss
+
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    index.add(np.asarray(corpus, dtype=np.float32))
+    return np.concatenate([index.search(queries[i:i + ST_FAISS_BATCH], k)[1]
+                           for i in range(0, len(queries), ST_FAISS_BATCH)])
+
+
+def recall_at_10(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found[:, :10].tolist(), exact[:, :10].tolist(),
+                                                                      strict=True)]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="corpus vectors")
@@ -74,58 +88,53 @@ def main() -> None:
     ap.add_argument("--pq-m", type=int, default=None)
     ap.add_argument("--train-size", type=int, default=262144)
     ap.add_argument("--query-block", type=int, default=4096)
-    ap.add_argument("--recall-sample", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=3, help="runs per side, alternating")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import faiss
-    import torch
 
     from domain_embed.config import SearchConfig
-    from domain_embed.retrieval.search import search, search_to_disk
+    from domain_embed.retrieval.search import search_documents
 
-    t_start = time.perf_counter()
-    print(f"machine: {platform.node()} | {os.cpu_count()} CPU cores | "
-          f"RAM {_proc_kib('/proc/meminfo', 'MemTotal') / 2**20:.1f} GiB | faiss {faiss.__version__} "
-          f"(omp threads {faiss.omp_get_max_threads()}) | torch {torch.__version__} | "
-          f"cuda {torch.cuda.is_available()} | load avg {os.getloadavg()[0]:.1f} (other processes share the cores)")
-    cfg = SearchConfig(backend="faiss", device="cpu", index="ivf", nlist=args.nlist, nprobe=args.nprobe,
-                       pq_m=args.pq_m, train_size=args.train_size, query_block=args.query_block)
+    print(f"{machine()} | faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)")
+    common = {"backend": "faiss", "device": "cpu", "query_block": args.query_block}
+    flat = SearchConfig(index="flat", **common)
+    ivf = SearchConfig(index="ivf", nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m, train_size=args.train_size,
+                       **common)
     print(f"params: corpus {args.n:,} x {args.dim} float16 memmap ({args.centroids} clusters, noise {args.noise}), "
-          f"{args.queries:,} queries (noise {args.query_noise}), top-{args.k}, nlist={args.nlist}, "
-          f"nprobe={args.nprobe}, pq_m={args.pq_m}, train_size={args.train_size:,}, query_block={args.query_block}")
+          f"{args.queries:,} queries (noise {args.query_noise}), top-{args.k}, IVF nlist={args.nlist}, "
+          f"nprobe={args.nprobe}, pq_m={args.pq_m}, train_size={args.train_size:,}, query_block={args.query_block} "
+          f"| {args.rounds} runs per side")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_", dir="/tmp"))
     try:
-        t0 = time.perf_counter()
         corpus = write_corpus(tmp / "corpus.npy", args.n, args.dim, args.centroids, args.noise, args.seed)
         queries = make_queries(corpus, args.queries, args.query_noise, args.seed)
-        t_data = time.perf_counter() - t0
-        print(f"data: {t_data:.1f}s to write {(tmp / 'corpus.npy').stat().st_size / 2**20:.0f} MiB corpus "
-              f"+ {queries.nbytes / 2**20:.0f} MiB queries")
+        parents = np.arange(args.n)
+        phases: dict[str, dict[str, float]] = {}
 
-        res = search_to_disk(queries, corpus, args.k, cfg, tmp / "hits")
-        t = res.timings
-        print(f"ivf: backend={res.backend} | train {t['train']:.1f}s | add {t['add']:.1f}s | "
-              f"build (train+add) {t['train'] + t['add']:.1f}s | search {t['search']:.1f}s "
-              f"({args.queries / t['search']:,.0f} queries/s) | results on disk "
-              f"{sum(f.stat().st_size for f in (tmp / 'hits').iterdir()) / 2**20:.0f} MiB")
+        def ours(cfg: SearchConfig, label: str):
+            def run(_) -> np.ndarray:
+                res = search_documents(queries, corpus, parents, args.n, args.k, cfg)
+                phases[f"{label}: {res.backend}"] = res.timings
+                return res.indices[:, :10].copy()
+            return run
 
-        sample = np.sort(np.random.default_rng(args.seed + 2).choice(args.queries, args.recall_sample, replace=False))
-        t0 = time.perf_counter()
-        exact = search(queries[sample], corpus, 10, SearchConfig(backend="faiss", device="cpu", index="flat"))
-        t_exact = time.perf_counter() - t0
-        approx = np.asarray(res.indices[sample, :10])
-        recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx.tolist(), exact.indices.tolist(),
-                                                                        strict=True)])
-        print(f"exact: backend={exact.backend} on {args.recall_sample} queries in {t_exact:.1f}s "
-              f"(add {exact.timings['add']:.1f}s, search {exact.timings['search']:.1f}s) | "
-              f"recall@10 IVF vs exact = {recall:.4f}")
+        runs = alternate(Side("plain FAISS IndexFlatIP", lambda _: plain_faiss(queries, corpus, args.k)[:, :10]),
+                         Side("search_documents flat", ours(flat, "flat")),
+                         Side("search_documents IVF", ours(ivf, "ivf")), rounds=args.rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"total wall time {time.perf_counter() - t_start:.1f}s | peak RSS (VmHWM) "
-          f"{_proc_kib('/proc/self/status', 'VmHWM') / 2**20:.2f} GiB")
+    plain, ours_flat, ours_ivf = runs.values()
+    report([(f"top-{args.k} of {args.n:,} for {args.queries:,} queries, exact (equal work)", plain, ours_flat),
+            (f"same, IVF nlist={args.nlist} nprobe={args.nprobe} versus exact", plain, ours_ivf)])
+    for label, timings in phases.items():  # the last run of each
+        print(f"{label}: " + ", ".join(f"{phase} {seconds:.1f}s" for phase, seconds in timings.items()))
+    exact = plain.results[-1]
+    print(f"recall@10 against plain exact search: flat {recall_at_10(ours_flat.results[-1], exact):.4f}, "
+          f"IVF {recall_at_10(ours_ivf.results[-1], exact):.4f}")
 
 
 if __name__ == "__main__":

@@ -1,39 +1,30 @@
-"""Benchmark: this package's `train_model` vs a plain SentenceTransformerTrainer script, same work.
+"""Benchmark: this package's `train_model` vs a bare SentenceTransformerTrainer script, equal work.
 
-One process, same triplets, same model and settings (MiniLM, MNRL, no evaluation, no checkpoints). The runs
-go in ABBA order (bare, ours, ours, bare, ...) so that neither side pays the first-run costs alone and a slow
-drift in machine load falls on both. Prints samples/s of each side, the ratio, peak RSS and the machine.
+One process, the same triplets, model and loss (MiniLM, MNRL). The bare side writes out by hand the training
+arguments `training_arguments` derives from the `TrainingConfig`: a checkpoint at the end (save_strategy=steps),
+weight decay, warmup fraction, precision, the no-duplicates batch sampler, seeds; the script stops if the two
+argument sets differ in anything but their output folder. Runs alternate (see benchlib); each is timed from a
+loaded model to the end of `train()`, the final checkpoint included.
 
-    python scripts/bench_train.py --data ../shared/data/legal/obliqa --steps 10 --rounds 2
+    python scripts/bench_train.py --data ../shared/data/legal/obliqa --steps 10
     python scripts/bench_train.py --triplets path/to/save_to_disk_dir   # anchor, positive, negative_1 columns
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
-import platform
 import random
 import tempfile
-import time
+from itertools import count
 from pathlib import Path
+
+from benchlib import Side, alternate, machine, report
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-LR, WARMUP, SEED = 2e-5, 0.1, 42
-
-
-def _reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM, so each run gets its own peak."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+LR, WARMUP, WEIGHT_DECAY, SEED, LOGGING_STEPS, SAVE_TOTAL_LIMIT = 2e-5, 0.1, 0.01, 42, 10, 2
+SAVE_STEPS = 10**9  # no checkpoint on the way: both sides write the one at the end
 
 
 def obliqa_triplets(path: str, n: int, seed: int):
@@ -68,31 +59,61 @@ def load_model(max_seq_length: int):
     return model
 
 
-def run_bare(model, dataset, out: Path, steps: int, batch_size: int) -> float:
-    """The plain sentence-transformers recipe for MNRL with hard negatives."""
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+def bare_arguments(out: Path, steps: int, batch_size: int, precision: str):
+    """What a sentence-transformers user writes for the same run as `ours_config`."""
+    import torch
     from sentence_transformers.sentence_transformer.training_args import (
         BatchSamplers,
         SentenceTransformerTrainingArguments,
     )
 
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=LR,
-        warmup_steps=WARMUP, batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="no", eval_strategy="no",
-        logging_steps=10, seed=SEED, report_to="none")
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                         loss=MultipleNegativesRankingLoss(model))
-    return trainer.train().metrics["train_samples_per_second"]
+    cuda = torch.cuda.is_available()
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
+        num_train_epochs=1, max_steps=steps, learning_rate=LR, warmup_steps=WARMUP, weight_decay=WEIGHT_DECAY,
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda, dataloader_pin_memory=cuda,
+        batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="no", eval_steps=SAVE_STEPS, save_strategy="steps",
+        save_steps=SAVE_STEPS, save_total_limit=SAVE_TOTAL_LIMIT, restore_callback_states_from_checkpoint=True,
+        logging_steps=LOGGING_STEPS, seed=SEED, data_seed=SEED, report_to="none")
 
 
-def run_ours(model, dataset, out: Path, steps: int, batch_size: int) -> float:
+def ours_config(steps: int, batch_size: int, precision: str):
     from domain_embed.config import TrainingConfig
+
+    return TrainingConfig(loss="mnrl", num_negatives=1, batch_size=batch_size, max_steps=steps, learning_rate=LR,
+                          warmup=WARMUP, weight_decay=WEIGHT_DECAY, precision=precision,
+                          logging_steps=LOGGING_STEPS, save_steps=SAVE_STEPS, eval_steps=SAVE_STEPS,
+                          save_total_limit=SAVE_TOTAL_LIMIT)
+
+
+def check_same_arguments(steps: int, batch_size: int, precision: str) -> None:
+    """Stops the benchmark if the two sides would not train the same way."""
+    from domain_embed.tuning.trainer import training_arguments
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = bare_arguments(Path(tmp), steps, batch_size, precision).to_dict()
+        ours = training_arguments(ours_config(steps, batch_size, precision), Path(tmp), seed=SEED,
+                                  columns=["anchor", "positive", "negative_1"], has_dev=False).to_dict()
+    differ = {k: (bare.get(k), ours.get(k)) for k in bare.keys() | ours.keys()
+              if k not in ("output_dir", "logging_dir") and bare.get(k) != ours.get(k)}
+    if differ:
+        raise SystemExit(f"the sides would not do equal work; differing arguments (bare, ours): {differ}")
+
+
+def run_bare(model, dataset, out: Path, steps: int, batch_size: int, precision: str) -> None:
+    """The plain sentence-transformers recipe for MNRL with hard negatives."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+
+    trainer = SentenceTransformerTrainer(model=model, args=bare_arguments(out, steps, batch_size, precision),
+                                         train_dataset=dataset, loss=MultipleNegativesRankingLoss(model))
+    trainer.train()
+
+
+def run_ours(model, dataset, out: Path, steps: int, batch_size: int, precision: str) -> None:
     from domain_embed.tuning.trainer import train_model
 
-    cfg = TrainingConfig(loss="mnrl", num_negatives=1, batch_size=batch_size, max_steps=steps, learning_rate=LR,
-                         warmup=WARMUP, logging_steps=10, save_steps=10**9, eval_steps=10**9)
-    return train_model(model, dataset, None, cfg, out, seed=SEED).samples_per_second
+    train_model(model, dataset, None, ours_config(steps, batch_size, precision), out, seed=SEED)
 
 
 def main() -> None:
@@ -103,47 +124,35 @@ def main() -> None:
     ap.add_argument("--triplets", help="a datasets save_to_disk folder with anchor, positive, negative_1")
     ap.add_argument("--n", type=int, default=512, help="triplets built from --data")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
-    ap.add_argument("--rounds", type=int, default=2, help="ABBA rounds: each side runs this many times")
+    ap.add_argument("--rounds", type=int, default=3, help="runs per side, alternating")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-seq-length", type=int, default=128)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = ap.parse_args()
 
-    import torch
     from datasets import load_from_disk
 
     dataset = load_from_disk(args.triplets) if args.triplets else obliqa_triplets(args.data, args.n, SEED)
     dataset = dataset.select_columns(["anchor", "positive", "negative_1"])
-    print(f"machine: {platform.node()} | {os.cpu_count()} CPU cores | torch {torch.__version__} | "
-          f"threads {torch.get_num_threads()} | device {'cuda' if torch.cuda.is_available() else 'cpu'} | "
-          f"load avg at start {os.getloadavg()[0]:.2f}")
+    check_same_arguments(args.steps, args.batch_size, args.precision)
+    print(machine())
     print(f"data: {args.triplets or args.data}: {len(dataset)} triplets | MiniLM-L6, max_seq_length "
-          f"{args.max_seq_length}, MNRL, batch {args.batch_size}, {args.steps} steps x {args.rounds} runs per side")
+          f"{args.max_seq_length}, MNRL, batch {args.batch_size}, {args.steps} steps, {args.precision}, "
+          f"checkpoint at the end | {args.rounds} runs per side")
 
-    sides = {"bare": run_bare, "ours": run_ours}
-    order = [name for r in range(args.rounds) for name in (("bare", "ours") if r % 2 == 0 else ("ours", "bare"))]
-    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
+    fixed = (args.steps, args.batch_size, args.precision)
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(order):
-            model = load_model(args.max_seq_length)
-            gc.collect()
-            _reset_peak_rss()
-            t0 = time.perf_counter()
-            hf_rate = sides[name](model, dataset, Path(tmp) / f"{i}-{name}", args.steps, args.batch_size)
-            wall = time.perf_counter() - t0
-            results[name].append((wall, hf_rate, _peak_rss_mb()))
-            print(f"run {i + 1}/{len(order)} {name:<4}: {wall:7.1f} s wall (trainer setup + train), "
-                  f"{args.steps * args.batch_size / wall:5.2f} samples/s wall, {hf_rate:5.2f} samples/s (HF), "
-                  f"peak RSS {results[name][-1][2]:,.0f} MB", flush=True)
-            del model
-
-    samples = args.steps * args.batch_size * args.rounds
-    rate = {name: samples / sum(w for w, _, _ in runs) for name, runs in results.items()}
-    hf = {name: sum(h for _, h, _ in runs) / len(runs) for name, runs in results.items()}
-    print(f"\n{'side':<6} {'samples/s (wall)':>17} {'samples/s (HF)':>15} {'peak RSS MB':>12}")
-    for name, runs in results.items():
-        print(f"{name:<6} {rate[name]:>17.2f} {hf[name]:>15.2f} {max(m for _, _, m in runs):>12,.0f}")
-    print(f"ratio ours/bare: {rate['ours'] / rate['bare']:.3f}x wall, {hf['ours'] / hf['bare']:.3f}x HF "
-          f"(target >= 0.95x) | load avg at end {os.getloadavg()[0]:.2f}")
+        folders = (Path(tmp) / str(i) for i in count())
+        runs = alternate(
+            Side("bare SentenceTransformerTrainer", lambda model: run_bare(model, dataset, next(folders), *fixed),
+                 prepare=lambda: load_model(args.max_seq_length)),
+            Side("train_model", lambda model: run_ours(model, dataset, next(folders), *fixed),
+                 prepare=lambda: load_model(args.max_seq_length)),
+            rounds=args.rounds)
+    bare, ours = runs.values()
+    samples = args.steps * args.batch_size
+    report([(f"train {args.steps} steps x {args.batch_size} triplets", bare, ours)])
+    print(f"samples/s at the medians: bare {samples / bare.median:.2f}, ours {samples / ours.median:.2f}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,20 @@ def test_candidates_resolve_to_conf_path_or_hub(tiny_model):
     assert hub.source == "hub" and hub.model.hub_id == UNREACHABLE and hub.model.packaged is None
 
 
+def test_model_yaml_goes_through_the_typed_schema(tmp_path, monkeypatch):
+    import domain_embed.stages.compare as compare
+
+    for conf in compare.MODEL_CONFIGS.glob("*.yaml"):  # every packaged model config is valid
+        assert resolve_candidate(conf.stem).model.name
+    (tmp_path / "typo.yaml").write_text("name: typo\nhub_idd: org/model\n")
+    (tmp_path / "wrong-type.yaml").write_text("name: wrong\ndims: many\n")
+    monkeypatch.setattr(compare, "MODEL_CONFIGS", tmp_path)
+    with pytest.raises(ConfigError, match=r"typo\.yaml: .*Key 'hub_idd' not in 'ModelConfig'"):
+        resolve_candidate("typo")
+    with pytest.raises(ConfigError, match=r"'many'.*key 'dims'"):
+        resolve_candidate("wrong-type")
+
+
 def test_an_empty_candidate_list_fails_before_any_work(make_config, tmp_path, tiny_beir, tiny_model):
     with pytest.raises(ConfigError, match=r"compare\.models is empty"):
         _compare(make_config, tmp_path, tiny_beir, tiny_model, CompareConfig())

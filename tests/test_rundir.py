@@ -1,8 +1,23 @@
+import errno
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from domain_embed.rundir import RunDir, atomic_write_text, stable_hash
+from domain_embed.rundir import RunDir, atomic_write_text, publish_dir, stable_hash
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _publish(final: Path, files: dict[str, str]) -> None:
+    with publish_dir(final) as tmp:
+        for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text)
 
 
 def test_stage_output_is_published_only_when_complete(tmp_path):
@@ -38,3 +53,60 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 def test_stable_hash_ignores_key_order():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_a_failed_publish_leaves_the_finished_folder_byte_identical(tmp_path, monkeypatch):
+    final = tmp_path / "model"
+    _publish(final, {"weights.bin": "v1", "sub/config.json": "{}"})
+    before = _tree(final)
+
+    with pytest.raises(RuntimeError), publish_dir(final) as tmp:  # killed while filling
+        (tmp / "weights.bin").write_text("half")
+        raise RuntimeError("crash")
+    assert _tree(final) == before and os.listdir(tmp_path) == ["model"]
+
+    real_rename = Path.rename
+
+    def failing_rename(self, target):  # the disk fails at the very last step, after the old one moved aside
+        if ".tmp-" in self.name:
+            raise OSError(errno.EIO, "I/O error")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="I/O"):
+        _publish(final, {"weights.bin": "v2"})
+    assert _tree(final) == before and os.listdir(tmp_path) == ["model"]
+
+
+def test_a_later_publish_replaces_a_finished_folder(tmp_path):
+    final = tmp_path / "stage"
+    _publish(final, {"a": "1", "b": "1"})
+    _publish(final, {"a": "2"})
+    assert _tree(final) == {"a": b"2"} and os.listdir(tmp_path) == ["stage"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_of_two_publishers_of_one_key_the_first_finished_wins(tmp_path, existing):
+    final = tmp_path / "key"
+    if existing:
+        _publish(final, {"x": "old"})
+    with publish_dir(final) as slow:  # started first, finishes last
+        (slow / "x").write_text("slow")
+        _publish(final, {"x": "fast"})
+    assert _tree(final) == {"x": b"fast"}
+    assert os.listdir(tmp_path) == ["key"]  # the loser's temporary folder is gone
+
+
+def test_concurrent_publishers_leave_one_whole_copy(tmp_path):
+    final, start = tmp_path / "key", threading.Barrier(8)
+
+    def write(i: int) -> None:
+        with publish_dir(final) as tmp:
+            start.wait()
+            for name in ("a", "b", "c"):
+                (tmp / name).write_text(f"{i}")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))  # re-raises a writer's error
+    assert len(set(_tree(final).values())) == 1 and sorted(_tree(final)) == ["a", "b", "c"]
+    assert os.listdir(tmp_path) == ["key"]

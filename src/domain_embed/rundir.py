@@ -3,21 +3,28 @@
 A stage writes into a temporary folder and renames it into place only when it finished, with a
 manifest saying what produced it. A crash therefore never leaves a half-written stage that a rerun
 would mistake for a finished one, and the previous outputs stay intact until the new ones are whole.
+`publish_dir` is that one mechanism for every folder the package publishes: stage outputs, the saved
+model and the embedding cache entries.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _VERSIONED = ("domain-embed", "torch", "sentence-transformers", "transformers", "accelerate", "datasets",
@@ -61,6 +68,58 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """What stands at `path` (the link itself for a symlink): a publish replaces it with a new inode."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+@contextmanager
+def publish_dir(final: Path) -> Iterator[Path]:
+    """Yields an empty temporary sibling of `final` to fill; renames it into place when the block succeeds.
+
+    A failed block removes its temporary folder and never touches `final`. What stood at `final` when the block
+    began (an earlier output, or a symlink to a shared one) is replaced; if another writer published `final`
+    while this one worked, the first finished wins and this writer's folder is dropped, so two processes
+    filling the same content-addressed key both end up reading one whole copy."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    seen = _identity(final)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # one per writer, even threads
+    tmp.mkdir()  # not mkdtemp: its 0700 would become the published folder's mode
+    try:
+        yield tmp
+        if _identity(final) == seen:
+            _swap_in(tmp, final)
+        else:
+            log.info("%s was published by another writer meanwhile: keeping theirs", final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Moves what stands at `final` aside, renames `tmp` into place, then drops the old one. A directory rename
+    onto a non-empty directory fails, so a writer that lands in between wins; any other failure puts the old
+    folder back."""
+    old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))
+    if final.is_symlink():
+        final.unlink()
+    elif final.exists():
+        final.rename(old)
+    try:
+        tmp.rename(final)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            if old.exists():
+                old.rename(final)
+            raise
+        log.info("%s was published by another writer meanwhile: keeping theirs", final)
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -92,26 +151,12 @@ class RunDir:
                      ) -> Iterator[tuple[Path, dict]]:
         """Yields (temp folder, manifest extras); publishes both atomically into `final` (by default
         <run_dir>/<stage>) when the block succeeds."""
-        final = final or self.stage_dir(stage)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        extras: dict = {}
-        started = time.time()
-        try:
+        with publish_dir(final or self.stage_dir(stage)) as tmp:
+            extras: dict = {}
+            started = time.time()
             yield tmp, extras
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        manifest = {"stage": stage, "key": key, "inputs": inputs, "versions": package_versions(),
-                    "started": started, "finished": time.time(),
-                    "seconds": round(time.time() - started, 3), **extras}
-        atomic_write_json(tmp / MANIFEST, manifest)
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        if final.is_symlink():
-            final.unlink()
-        elif final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+            finished = time.time()
+            atomic_write_json(tmp / MANIFEST, {"stage": stage, "key": key, "inputs": inputs,
+                                               "versions": package_versions(), "started": started,
+                                               "finished": finished, "seconds": round(finished - started, 3),
+                                               **extras})

@@ -9,7 +9,6 @@ from domain_embed.retrieval.search import (
     documents_by_best_window,
     search,
     search_documents,
-    search_to_disk,
 )
 
 
@@ -336,19 +335,6 @@ def test_corpus_is_only_read_in_blocks(monkeypatch, backend, index):
                                              train_size=256))
     np.testing.assert_array_equal(res.indices, _brute(q, d, 10)[1])
     assert corpus.max_rows == (256 if index == "ivf" else 128)  # training sample, else one block
-
-
-@pytest.mark.parametrize("index", ["flat", "ivf"])
-def test_search_to_disk_equals_search(tmp_path, index):
-    q, d = _clustered(2000, nq=300)
-    cfg = SearchConfig(backend="faiss", device="cpu", index=index, nlist=16, nprobe=4, query_block=64)
-    res = search_to_disk(q, d, 10, cfg, tmp_path / "out")
-    ref = search(q, d, 10, cfg)
-    assert isinstance(res.indices, np.memmap) and isinstance(res.scores, np.memmap)
-    np.testing.assert_array_equal(res.indices, ref.indices)
-    np.testing.assert_array_equal(res.scores, ref.scores)
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / "indices.npy"), ref.indices)
-    assert res.backend == ref.backend
 
 
 def _no_gpu(monkeypatch, faiss_gpus=0, cuda=False):

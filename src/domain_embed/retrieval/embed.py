@@ -10,8 +10,6 @@ import hashlib
 import importlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,6 +20,7 @@ from tqdm.auto import tqdm
 
 from domain_embed.config import ModelConfig
 from domain_embed.errors import ConfigError, ModelLoadError
+from domain_embed.rundir import publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -188,23 +187,17 @@ class Embedder:
             self.stats.cache_hits += 1
             log.info("%s embeddings: cache hit %s (%d texts)", what, final, len(texts))
             return np.load(final / "embeddings.npy", mmap_mode="r")
-        tmp = final.parent / f".{key}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
-                                        shape=(len(texts), self.dim))
-        self._compute(texts, prompt, what, out)
-        out.flush()
-        del out
-        meta = {"model": self.location, "fingerprint": self.fingerprint, "n": len(texts), "dim": self.dim,
-                "dtype": self.cache_dtype.name, "encode_dtype": self.encode_dtype,
-                "max_seq_length": self.max_seq_length, "prompt": prompt, "normalize": self.cfg.normalize,
-                "what": what, "created": time.time()}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished the same key first: theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
+        with publish_dir(final) as tmp:  # of two writers of this key the first to finish wins: same vectors
+            out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
+                                            shape=(len(texts), self.dim))
+            self._compute(texts, prompt, what, out)
+            out.flush()
+            del out
+            meta = {"model": self.location, "fingerprint": self.fingerprint, "n": len(texts), "dim": self.dim,
+                    "dtype": self.cache_dtype.name, "encode_dtype": self.encode_dtype,
+                    "max_seq_length": self.max_seq_length, "prompt": prompt, "normalize": self.cfg.normalize,
+                    "what": what, "created": time.time()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         self._count(what, len(texts))
         return np.load(final / "embeddings.npy", mmap_mode="r")
 

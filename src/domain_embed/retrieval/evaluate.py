@@ -81,7 +81,7 @@ def evaluate_dense(name: str, embedder: Embedder, data: DomainData, windows: Win
 def rank_bm25(data: DomainData, splits: Sequence[str], cfg: EvalConfig, use_title: bool = True,
               depth: int = 0) -> dict[str, SystemResult]:
     """`evaluate_bm25` for several splits over one index, `depth` deep as in `rank_dense`."""
-    index = BM25Index(data.documents(use_title), cfg.bm25)
+    index = BM25Index(data.documents(use_title), cfg.bm25, show_progress=True)  # minutes on a large corpus
     out = {}
     for split in splits:
         _, query_texts, _ = data.split(split)

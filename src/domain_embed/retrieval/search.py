@@ -5,7 +5,7 @@ when faiss has them) and torch (blocked matmul + top-k, on CUDA when present) fo
 FAISS GPU. Both compute in float32 unless `search.fp16` asks for a 16-bit index, and then say so.
 Mining at scale may use FAISS IVF (`index=ivf`, optionally with product quantisation).
 The corpus may be a float16 memmap larger than RAM, so it is only ever read, converted and added in
-blocks; queries are searched in blocks so results can stream to disk (`search_to_disk`).
+blocks; queries are searched in blocks (`search.query_block`), which bounds the intermediate memory.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -133,24 +132,20 @@ def choose_backend(backend: str, device: str, k: int, *, index: str = "flat", al
 
 
 def search(queries: np.ndarray, corpus: np.ndarray, k: int, cfg: SearchConfig | None = None) -> SearchResult:
-    """Top-k by inner product (cosine when both sides are normalised), results in RAM."""
-    return _run(queries, corpus, k, cfg, lambda _name, dtype, shape: np.empty(shape, dtype=dtype))
-
-
-def search_to_disk(queries: np.ndarray, corpus: np.ndarray, k: int, cfg: SearchConfig | None,
-                   out_dir: Path) -> SearchResult:
-    """`search` for huge query sets: results never sit in RAM.
-
-    Scores and indices are written one query block at a time to `out_dir`/scores.npy and indices.npy
-    and come back as read-only memmaps."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    res = _run(queries, corpus, k, cfg, lambda name, dtype, shape: np.lib.format.open_memmap(
-        out_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=shape))
-    res.scores.flush()
-    res.indices.flush()
-    return SearchResult(np.load(out_dir / "scores.npy", mmap_mode="r"), np.load(out_dir / "indices.npy", mmap_mode="r"),
-                        res.backend, res.timings)
+    """Top-k by inner product (cosine when both sides are normalised), searched one query block at a time."""
+    cfg = cfg or SearchConfig()
+    k = min(k, corpus.shape[0])
+    timings: dict[str, float] = {}
+    search_block, label, _ = _searcher(corpus, k, cfg, timings)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    indices = np.empty((len(queries), k), dtype=np.int64)
+    with _timed(timings, "search"):
+        for start in range(0, len(queries), cfg.query_block):
+            q = np.ascontiguousarray(queries[start:start + cfg.query_block], dtype=np.float32)
+            scores[start:start + len(q)], indices[start:start + len(q)] = search_block(q, k)
+    log.info("search: %d queries x %d docs, k=%d, backend=%s, %.1fs", len(queries), corpus.shape[0], k, label,
+             sum(timings.values()))
+    return SearchResult(scores, indices, label, timings)
 
 
 def _searcher(corpus, k: int, cfg: SearchConfig, timings: dict[str, float]) -> tuple[BlockSearch, str, str]:
@@ -159,23 +154,6 @@ def _searcher(corpus, k: int, cfg: SearchConfig, timings: dict[str, float]) -> t
     if chosen.startswith("faiss"):
         return *_faiss_searcher(corpus, cfg, gpu=chosen == "faiss-gpu", timings=timings), chosen
     return *_torch_searcher(corpus, cfg, device="cuda" if chosen == "torch-cuda" else "cpu", timings=timings), chosen
-
-
-def _run(queries, corpus, k: int, cfg: SearchConfig | None, alloc) -> SearchResult:
-    """The one query-block loop behind `search` and `search_to_disk`; `alloc` makes the output arrays."""
-    cfg = cfg or SearchConfig()
-    k = min(k, corpus.shape[0])
-    timings: dict[str, float] = {}
-    search_block, label, _ = _searcher(corpus, k, cfg, timings)
-    scores = alloc("scores", np.float32, (len(queries), k))
-    indices = alloc("indices", np.int64, (len(queries), k))
-    with _timed(timings, "search"):
-        for start in range(0, len(queries), cfg.query_block):
-            q = np.ascontiguousarray(queries[start:start + cfg.query_block], dtype=np.float32)
-            scores[start:start + len(q)], indices[start:start + len(q)] = search_block(q, k)
-    log.info("search: %d queries x %d docs, k=%d, backend=%s, %.1fs", len(queries), corpus.shape[0], k, label,
-             sum(timings.values()))
-    return SearchResult(scores, indices, label, timings)
 
 
 def _corpus_blocks(corpus, lo: int = 0, hi: int | None = None):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import domain_embed
 from domain_embed.config import ModelConfig, Truncation
@@ -47,11 +48,12 @@ def resolve_candidate(entry: str) -> Candidate:
     """A conf/model/ name, else a local path (one that exists or is written as a path), else a hub id."""
     conf = MODEL_CONFIGS / f"{entry}.yaml"
     if conf.is_file():
-        values = yaml.safe_load(conf.read_text()) or {}
-        try:
-            return Candidate(entry, ModelConfig(**values), "conf")
-        except TypeError as exc:
-            raise ConfigError(f"{conf}: not a valid model config: {exc}") from exc
+        try:  # through the typed schema, as Hydra reads model=<name>: an unknown key or a wrong type fails
+            model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(conf)))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{conf}: not a valid model config: {str(exc).splitlines()[0]} "
+                              f"(key '{exc.full_key}')") from exc
+        return Candidate(entry, model, "conf")
     if entry.startswith(("/", ".", "~")) or Path(entry).expanduser().exists():
         return Candidate(entry, ModelConfig(name=entry, path=entry), "path")
     return Candidate(entry, ModelConfig(name=entry, hub_id=entry), "hub")

@@ -1,0 +1,100 @@
+"""What every bench script shares: sides run alternately, figures reported one way, the machine named.
+
+Each side runs `rounds` times, round-robin (A B A B A B; A B C A B C with a third side), so that neither pays
+the first-run costs alone and a drift in machine load falls on all of them. A figure is the median of a side's
+runs with their spread (min-max); the ratio is of medians, this package over its peer.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Side:
+    name: str
+    run: Callable[[Any], Any]  # the timed work; gets what `prepare` returned, its return value is kept
+    prepare: Callable[[], Any] = lambda: None  # untimed, before every run: a fresh model, an empty or filled cache
+
+
+@dataclass
+class Runs:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def figure(self) -> str:
+        return f"{self.median:.2f} s [{min(self.seconds):.2f}, {max(self.seconds):.2f}]"
+
+
+def _reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM, so each run gets its own peak."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def alternate(*sides: Side, rounds: int = 3) -> dict[str, Runs]:
+    """Runs the sides round-robin, `rounds` times each; wall time and peak RSS of every run, by side name."""
+    runs = {side.name: Runs(side.name) for side in sides}
+    for r in range(rounds):
+        for side in sides:
+            prepared = side.prepare()
+            gc.collect()
+            _reset_peak_rss()
+            t0 = time.perf_counter()
+            result = side.run(prepared)
+            seconds = time.perf_counter() - t0
+            out = runs[side.name]
+            out.seconds.append(seconds)
+            out.peak_rss_mb.append(_peak_rss_mb())
+            out.results.append(result)
+            del prepared, result
+            print(f"round {r + 1}/{rounds} {side.name}: {seconds:.2f} s, peak RSS {out.peak_rss_mb[-1]:,.0f} MB",
+                  flush=True)
+    return runs
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """One line naming what the figures were measured on, and how busy it was when the run began."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"machine: {platform.node()} | {_cpu_model()} | {os.cpu_count()} cores "
+            f"({len(os.sched_getaffinity(0))} usable) | RAM {ram:.1f} GiB | {gpu} | torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads | load avg {os.getloadavg()[0]:.2f}")
+
+
+def report(rows: list[tuple[str, Runs, Runs]]) -> None:
+    """Prints a markdown table, one row per (what, peer, ours): medians [min, max] and the ratio of medians."""
+    print("\n| what | peer | peer: median [min, max] | this package: median [min, max] | ratio | peak RSS MB "
+          "peer / ours |\n|---|---|---|---|---|---|")
+    for what, peer, ours in rows:
+        print(f"| {what} | {peer.name} | {peer.figure()} | {ours.figure()} | {ours.median / peer.median:.3f}x | "
+              f"{max(peer.peak_rss_mb):,.0f} / {max(ours.peak_rss_mb):,.0f} |")
