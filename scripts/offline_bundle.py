@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -64,19 +65,12 @@ class Target:
 
     def marker_env(self) -> dict[str, str]:
         version = self.python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-        machine = self.platform.rsplit("_", 1)[-1] if self.platform else _this_machine()
-        if machine == "64":  # x86_64 splits badly on '_'
-            machine = "x86_64"
+        tag = _MANYLINUX.match(self.platform or "")
+        machine = tag.group(2) if tag else platform.machine()
         return {"python_version": version, "python_full_version": f"{version}.0", "os_name": "posix",
                 "sys_platform": "linux", "platform_system": "Linux", "platform_machine": machine,
                 "implementation_name": "cpython", "platform_python_implementation": "CPython",
                 "platform_release": "", "platform_version": "", "implementation_version": f"{version}.0"}
-
-
-def _this_machine() -> str:
-    import platform
-
-    return platform.machine()
 
 
 def parse_have(path: Path | None) -> dict[str, str | None]:
