@@ -29,3 +29,19 @@ def test_default_config_files_never_contradict_the_dataclasses():
     differ = [f"{key}: conf/ says {composed[key]!r}, the dataclass {dataclass[key]!r}" for key in sorted(composed)
               if composed[key] != dataclass[key] and key.split(".")[0] not in _NOT_A_RECIPE]
     assert not differ, "\n".join(differ)
+
+
+def test_every_recipe_composes_and_changes_only_training_or_mining():
+    """conf/recipe files are the candidates of the dev table: each a change to the default recipe, nothing else."""
+    from importlib.resources import files
+
+    register_configs()
+    names = sorted(p.name.removesuffix(".yaml") for p in files("domain_embed.conf").joinpath("recipe").iterdir()
+                   if p.name.endswith(".yaml"))
+    assert "default" in names and len(names) >= 7
+    with initialize_config_module("domain_embed.conf", version_base="1.3"):
+        base = _leaves(OmegaConf.to_container(compose("config"), resolve=False))
+        for name in names:
+            recipe = _leaves(OmegaConf.to_container(compose("config", [f"+recipe={name}"]), resolve=False))
+            changed = {k.split(".")[0] for k in recipe if recipe[k] != base[k]}
+            assert changed <= {"training", "mining"} and bool(changed) == (name != "default"), name

@@ -60,3 +60,29 @@ def test_long_document_contributes_a_window_that_fits(make_config, overrides, tm
     assert any("clause" in t for t in texts)  # the long document d7 was mined
     assert max(len(tok(t)["input_ids"]) for t in texts) <= 64
 
+
+
+def test_second_round_mines_with_the_tuned_model_and_never_picks_a_labelled_positive(make_config, overrides,
+                                                                                    tmp_path, tiny_beir):
+    run = tmp_path / "run"
+    train = ["training.batch_size=4", "training.eval_steps=2", "training.save_steps=2", "training.num_negatives=1",
+             "training.learning_rate=1e-3"]
+    report = run_pipeline(RunContext(make_config(run, *overrides, *train, "stages=[evaluate]",
+                                                 "mining.relative_margin=null", "mining.rounds=2",
+                                                 "eval.hybrid.enabled=false"), run))
+    log = json.loads((run / "finetune" / "train_log.json").read_text())
+    assert [r["round"] for r in log["rounds"]] == [1, 2] and all(r["global_step"] > 0 for r in log["rounds"])
+    assert log["global_step"] == sum(r["global_step"] for r in log["rounds"])
+    second = log["rounds"][1]["mining"]
+    assert second["parameters"]["rounds"] == 2 and second["dropped_by_rule"]["labelled_positive"] >= 20
+    data = DatasetDict.load_from_disk(str(run / "finetune" / "round2" / "dataset"))
+    first = DatasetDict.load_from_disk(str(run / "triplets" / "dataset"))
+    labelled = _labelled(tiny_beir)
+    for split in ("train", "dev"):
+        assert len(data[split]) == len(first[split])
+        for row in data[split]:
+            assert row["negative_ids"] and not set(row["negative_ids"]) & labelled[row["query_id"]]
+    assert [r["negative_ids"] for r in data["train"]] != [r["negative_ids"] for r in first["train"]]
+    # base model once (baseline), the round-1 model once (round-2 mining), the final model once (evaluate)
+    assert json.loads((run / "finetune" / "manifest.json").read_text())["cost"]["corpus_encodes"] == 1
+    assert report["cost"]["corpus_encodes"] == 3

@@ -45,3 +45,30 @@ def test_optuna_search_maximises_dev_ndcg(tiny_beir, tiny_model, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
     assert "best_params" in result and "training.learning_rate" in result and "best_value" in result
+
+
+def _report(folder, split, tuned_ndcg, training_dev):
+    from pathlib import Path
+
+    folder = Path(folder)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- +recipe={folder.name}\n- eval.split={split}\n")
+    (folder / "report.json").write_text(json.dumps({
+        "eval": {"split": split}, "metrics": {"tuned": {"ndcg@10": tuned_ndcg, "recall@10": 0.5}},
+        "training": {"best_dev_ndcg@10": training_dev, "train_seconds": 12.0, "global_step": 30},
+        "run": {"ran_now": ["finetune", "evaluate"]}, "cost": {"corpus_encodes": 1}}))
+
+
+def test_summary_ranks_by_the_full_dev_split_when_jobs_evaluated_dev_and_never_by_test(tmp_path):
+    from domain_embed.sweep import render, summarise
+
+    _report(tmp_path / "a", "dev", 0.70, 0.90)
+    _report(tmp_path / "b", "dev", 0.75, 0.80)
+    jobs = summarise(tmp_path)["jobs"]
+    assert [j["job"] for j in jobs] == ["b", "a"] and jobs[0]["dev_source"] == "eval.split=dev (full corpus)"
+    _report(tmp_path / "t" / "c", "test", 0.99, 0.60)  # a test-evaluated job: ranked by its training dev value
+    _report(tmp_path / "t" / "d", "test", 0.10, 0.70)
+    summary = summarise(tmp_path / "t")
+    assert [j["job"] for j in summary["jobs"]] == ["d", "c"]
+    md = render(summary)
+    assert "0.9900 (test)" in md and "training dev evaluator" in md and "| 12 | 30 | 1 |" in md

@@ -155,6 +155,17 @@ class HybridConfig:
 
 
 @dataclass
+class FormatsConfig:
+    """The cost of each vector format for the tuned model, from its cached vectors: quality against bytes per
+    document (sentence-transformers' `quantize_embeddings`)."""
+
+    enabled: bool = True
+    precisions: list[str] = field(default_factory=lambda: ["float32", "int8", "binary"])
+    dims: list[int] = field(default_factory=list)  # empty: the model's full dimension and training.matryoshka_dims
+    rescore_depth: int = 100  # binary: the top-k by Hamming distance are re-scored with the fp32 query
+
+
+@dataclass
 class EvalConfig:
     split: str = "test"
     k_values: list[int] = field(default_factory=lambda: [1, 5, 10, 100])
@@ -167,6 +178,7 @@ class EvalConfig:
     bm25: BM25Config = field(default_factory=BM25Config)
     ood: OodConfig = field(default_factory=OodConfig)
     hybrid: HybridConfig = field(default_factory=HybridConfig)
+    formats: FormatsConfig = field(default_factory=FormatsConfig)
     adopt_min_recall_gain: float = 0.05  # the article: adopt when Recall gains > 5 points and the CI excludes 0
     decision_metric: str = "recall@10"
 
@@ -194,6 +206,12 @@ class MiningConfig:
     rescorer_threshold: float = 0.0  # drop candidates whose cross-encoder logit (raw, no sigmoid) is above this
     rescorer_batch_size: int = 32
     search: SearchConfig = field(default_factory=SearchConfig)
+    # where candidates come from: dense (the model's own ranking) and/or bm25 (lexical look-alikes the dense model
+    # may rank low); with both, the kept candidates of each source alternate, and each source's picks are counted
+    sources: list[str] = field(default_factory=lambda: ["dense"])
+    # training rounds: round r > 1 re-mines with the model of round r - 1 (same rules, one corpus encode, counted)
+    # and trains that model again on the new negatives
+    rounds: int = 1
 
 
 @dataclass

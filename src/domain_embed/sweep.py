@@ -18,33 +18,46 @@ from domain_embed.rundir import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 _SHOWN = ("ndcg@10", "recall@10")
+DEV = "dev"
+
+
+def _job(report_path: Path) -> dict:
+    report = json.loads(report_path.read_text())
+    overrides_file = report_path.parent / ".hydra" / "overrides.yaml"
+    overrides = overrides_file.read_text().strip().splitlines() if overrides_file.exists() else []
+    training = report.get("training", {})
+    split = report.get("eval", {}).get("split")
+    tuned = {m: report["metrics"].get("tuned", {}).get(m) for m in _SHOWN}
+    return {"job": report_path.parent.name, "overrides": [o.removeprefix("- ") for o in overrides],
+            "eval_split": split, "tuned": tuned,
+            # the whole dev split over the full corpus when the job evaluated dev (eval.split=dev), else the
+            # training-time dev evaluator's best (a sampled corpus): either way, never the test split
+            "dev_ndcg@10": tuned["ndcg@10"] if split == DEV else training.get("best_dev_ndcg@10"),
+            "dev_source": "eval.split=dev (full corpus)" if split == DEV else "training dev evaluator",
+            "train_seconds": training.get("train_seconds"), "steps": training.get("global_step"),
+            "stages_run": report["run"]["ran_now"], "corpus_encodes": report["cost"]["corpus_encodes"]}
 
 
 def summarise(sweep_dir: Path) -> dict:
-    jobs = []
-    for report_path in sorted(sweep_dir.glob("*/report.json")):
-        report = json.loads(report_path.read_text())
-        overrides_file = report_path.parent / ".hydra" / "overrides.yaml"
-        overrides = overrides_file.read_text().strip().splitlines() if overrides_file.exists() else []
-        jobs.append({"job": report_path.parent.name,
-                     "overrides": [o.removeprefix("- ") for o in overrides],
-                     "dev_ndcg@10": report.get("training", {}).get("best_dev_ndcg@10"),
-                     "tuned": {m: report["metrics"].get("tuned", {}).get(m) for m in _SHOWN},
-                     "stages_run": report["run"]["ran_now"],
-                     "corpus_encodes": report["cost"]["corpus_encodes"]})
+    jobs = [_job(path) for path in sorted(sweep_dir.glob("*/report.json"))]
     jobs.sort(key=lambda j: -(j["dev_ndcg@10"] if j["dev_ndcg@10"] is not None else float("-inf")))
     return {"sweep_dir": str(sweep_dir), "ranked_by": "dev_ndcg@10", "jobs": jobs}
 
 
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def render(summary: dict) -> str:
-    rows = [[str(i + 1), j["job"], " ".join(j["overrides"]),
-             f"{j['dev_ndcg@10']:.4f}" if j["dev_ndcg@10"] is not None else "n/a",
-             *[f"{j['tuned'][m]:.4f}" if j["tuned"][m] is not None else "n/a" for m in _SHOWN],
-             ", ".join(j["stages_run"]) or "none"]
+    rows = [[str(i + 1), j["job"], " ".join(j["overrides"]), _fmt(j["dev_ndcg@10"]),
+             *[f"{_fmt(j['tuned'][m])} ({j['eval_split']})" for m in _SHOWN], _fmt(j["train_seconds"], ".0f"),
+             _fmt(j["steps"], "d"), str(j["corpus_encodes"]), ", ".join(j["stages_run"]) or "none"]
             for i, j in enumerate(summary["jobs"])]
-    return (f"# Sweep summary: {summary['sweep_dir']}\n\nRanked by dev nDCG@10 (the split used to choose; "
-            "the test columns are for reading, not for choosing).\n\n"
-            + table(["rank", "job", "overrides", "dev nDCG@10", *[f"test {m}" for m in _SHOWN], "stages run"], rows)
+    sources = sorted({j["dev_source"] for j in summary["jobs"]})
+    return (f"# Sweep summary: {summary['sweep_dir']}\n\nRanked by dev nDCG@10 ({'; '.join(sources)}), the split "
+            "used to choose; a test column is for reading, not for choosing.\n\n"
+            + table(["rank", "job", "overrides", "dev nDCG@10", *[f"tuned {m} (split)" for m in _SHOWN],
+                     "train s", "steps", "corpus encodes", "stages run"], rows)
             + "\n")
 
 

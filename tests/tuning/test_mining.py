@@ -154,3 +154,46 @@ def test_loss_shapes():
     assert mnrl.column_names == ["anchor", "positive", "negative_1", "negative_2"] and len(mnrl) == 1
     trip = triplet_view(ds)
     assert trip.column_names == ["anchor", "positive", "negative"] and len(trip) == 3
+
+
+def _mine_bm25(cfg: MiningConfig, bm25_order: list[str]):
+    windows = [(i, s) for i, (s, _) in enumerate(DOCS.values())]
+    mined = {"train": {"q1": {"pos": 1}}}
+    return mine_hard_negatives(
+        query_ids=["q1"], query_splits=["train"], query_emb=np.array([[1.0, 0.0]], dtype=np.float32),
+        window_emb=np.array([_unit(s) for _, s in windows], dtype=np.float32),
+        parents=np.array([i for i, _ in windows]), corpus_ids=IDS, documents=[t for _, t in DOCS.values()],
+        mined_qrels=mined, all_qrels={**mined, "test": {"q1": {"other_split_pos": 1}}}, cfg=cfg, seed=0,
+        bm25_ranked=np.array([[IDS.index(d) for d in bm25_order] + [-1]]))
+
+
+def test_bm25_candidates_pass_the_same_rules_on_the_dense_score_and_alternate_with_dense_ones():
+    # BM25 ranks the positive, a labelled positive of another split, the same text and a near duplicate first:
+    # the rules drop all four, by the dense model's scores; "easy" only BM25 proposed
+    order = ["pos", "other_split_pos", "same_text", "too_close", "easy", "hard3"]
+    res = _mine_bm25(_cfg(num_negatives=4, sources=["dense", "bm25"]), order)
+    q = res.queries[0]
+    assert q.negative_ids == ["hard1", "easy", "hard2", "hard3"]  # round robin; dense's own hard3 comes later: a repeat
+    assert q.negative_sources == ["dense", "bm25", "dense", "bm25"]
+    assert q.negative_scores == pytest.approx([0.85, 0.10, 0.80, 0.70], abs=1e-6)
+    stats = res.stats()
+    assert stats["negatives_by_source"] == {"dense": 2, "bm25": 2, "random": 0}
+    assert stats["dropped_by_rule"]["labelled_positive"] == 4  # two from each source
+    assert stats["dropped_by_rule"]["same_text"] == 2 and stats["dropped_by_rule"]["relative_margin"] == 2
+
+
+def test_bm25_alone_never_uses_the_dense_ranking():
+    res = _mine_bm25(_cfg(num_negatives=2, sources=["bm25"], fill_random=False), ["pos", "easy", "hard3"])
+    assert res.queries[0].negative_ids == ["easy", "hard3"]
+    assert res.queries[0].negative_sources == ["bm25", "bm25"]
+
+
+@pytest.mark.parametrize("sources", [[], ["dense", "dense"], ["dense", "splade"]])
+def test_unknown_or_repeated_sources_are_refused(sources):
+    with pytest.raises(ConfigError, match="mining.sources"):
+        _mine(_cfg(sources=sources))
+
+
+def test_bm25_source_needs_a_bm25_ranking():
+    with pytest.raises(ConfigError, match="no BM25 ranking"):
+        _mine(_cfg(sources=["dense", "bm25"]))

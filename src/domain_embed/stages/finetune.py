@@ -2,7 +2,9 @@
 
 Checkpoints live in <run_dir>/checkpoints/<key> (outside the stage's temporary folder) so a killed run
 resumes with `training.resume=true`; the finished model is published as finetune/model, a standard
-sentence-transformers directory, with finetune/train_log.json (loss, lr, grad norm, dev metrics)."""
+sentence-transformers directory, with finetune/train_log.json (loss, lr, grad norm, dev metrics, per round). With
+`mining.rounds` > 1, round r re-mines with the model of round r - 1 and writes finetune/round<r>/ (dataset,
+mining_meta.json)."""
 
 from __future__ import annotations
 
@@ -11,25 +13,32 @@ import random
 import shutil
 from pathlib import Path
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 
 from domain_embed import distributed
+from domain_embed.config import TrainingConfig
 from domain_embed.context import RunContext
 from domain_embed.errors import DataError
 from domain_embed.report.plots import plot_training
 from domain_embed.rundir import atomic_write_json, read_json, stable_hash
 from domain_embed.stages.base import Stage, register
+from domain_embed.stages.mine import mine_with, mining_stats
+from domain_embed.stages.triplets import triplet_data
 from domain_embed.tracking import trainer_report_to
 from domain_embed.tuning.losses import columns_for
 from domain_embed.tuning.trainer import DevSet, save_model, train_model
+from domain_embed.tuning.triplets import mnrl_view, triplet_view
 
 
 def _training_inputs(ctx: RunContext) -> dict:
     training = dataclasses.asdict(ctx.cfg.training)
     for key in ("resume", "keep_checkpoints"):  # how the run gets there, not what it produces
         training.pop(key)
-    return {"triplets": ctx.run_dir.manifest("triplets")["key"], "model": ctx.embedder.fingerprint,
-            "training": training, "seed": ctx.cfg.seed}
+    inputs = {"triplets": ctx.run_dir.manifest("triplets")["key"], "model": ctx.embedder.fingerprint,
+              "training": training, "seed": ctx.cfg.seed}
+    if ctx.cfg.mining.rounds > 1:  # later rounds mine here, by the mining rules the triplets key already holds
+        inputs["mining_rounds"] = ctx.cfg.mining.rounds
+    return inputs
 
 
 def checkpoints_dir(ctx: RunContext, key: str) -> Path:
@@ -61,12 +70,12 @@ def dev_set(ctx: RunContext, dev, size: int, seed: int, max_queries: int | None 
     return DevSet(queries=queries, corpus=corpus, relevant=relevant)
 
 
-def _run(ctx: RunContext, out: Path, extras: dict) -> None:
-    cfg = ctx.cfg
-    training = cfg.training
-    view = "triplet" if training.loss == "triplet" else "mnrl"
-    data = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / view))
-    train = data["train"].select_columns(columns_for(training.loss, training.num_negatives))
+def _loss_view(ds: Dataset, training: TrainingConfig) -> Dataset:
+    view = triplet_view(ds) if training.loss == "triplet" else mnrl_view(ds, training.num_negatives)
+    return view.select_columns(columns_for(training.loss, training.num_negatives))
+
+
+def _check_rows(train: Dataset, training: TrainingConfig) -> None:
     ranks = distributed.world_size()
     # several ranks drop each epoch's last partial batch (equal steps everywhere): fewer rows than one global batch
     # would leave nothing to train on, and the HF Trainer would only say the dataloader has no length
@@ -74,36 +83,71 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
         raise DataError(f"{len(train)} training rows with {training.num_negatives} hard negatives each, fewer than one "
                         f"batch ({training.batch_size} per rank x {ranks} rank(s)): lower training.batch_size or "
                         "training.num_negatives, or mine more (see triplets/mining_meta.json)", field="triplets")
-    dev_rows = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / "dataset"))["dev"]
-    dev = dev_set(ctx, dev_rows, training.dev_corpus_size, cfg.seed, training.dev_max_queries) if len(dev_rows) \
-        else None
 
+
+def _remine(ctx: RunContext, model, folder: Path) -> tuple[DatasetDict, dict, int]:
+    """The next round's triplets: the same mining rules over the current model's ranking. Its corpus vectors are
+    encoded once (counted) into the embedding cache, keyed by the saved weights."""
+    if distributed.is_main():
+        model.save(str(folder))
+    distributed.barrier()
+    embedder = ctx.make_embedder(dataclasses.replace(ctx.cfg.model, path=str(folder), packaged=None, revision=None))
+    result = mine_with(ctx, embedder)
+    data, split_stats, _ = triplet_data(ctx, result, embedder)
+    return data, {**mining_stats(ctx, result), "split": split_stats}, embedder.stats.corpus_encodes
+
+
+def _run(ctx: RunContext, out: Path, extras: dict) -> None:
+    cfg = ctx.cfg
+    training = cfg.training
+    data = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / "dataset"))
     base = ctx.embedder
     # a fresh copy (the base model stays untouched for the guide), in fp32 whatever the encode dtype: the optimizer
     # keeps fp32 master weights and mixed precision comes from training.precision
     model = ctx.make_embedder(dataclasses.replace(cfg.model, encode_dtype="fp32")).model
     guide = base.model if training.loss == "gist" else None
     work = checkpoints_dir(ctx, stable_hash(_training_inputs(ctx)))
-    result = train_model(model, train, dev, training, work, seed=cfg.seed, guide=guide,
-                         report_to=trainer_report_to(cfg.tracking), device=cfg.device,
-                         query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt)
+    rounds, encodes, history = [], 0, []
+    for r in range(1, cfg.mining.rounds + 1):
+        mining = None
+        if r > 1:  # round r trains the model of round r - 1 on negatives it mined itself
+            data, mining, n = _remine(ctx, model, work / f"round{r - 1}-model")
+            encodes += n
+            if distributed.is_main():  # provenance: what round r trained on, and how it was mined
+                data.save_to_disk(str(out / f"round{r}" / "dataset"))
+                atomic_write_json(out / f"round{r}" / "mining_meta.json", mining)
+        train = _loss_view(data["train"], training)
+        _check_rows(train, training)
+        dev = dev_set(ctx, data["dev"], training.dev_corpus_size, cfg.seed, training.dev_max_queries) \
+            if len(data["dev"]) else None
+        result = train_model(model, train, dev, training, work if r == 1 else work / f"round{r}", seed=cfg.seed,
+                             guide=guide, report_to=trainer_report_to(cfg.tracking), device=cfg.device,
+                             query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt)
+        history += [{**row, "round": r} for row in result.log_history]
+        rounds.append({"round": r, "train_rows": len(train), "dev_queries": len(dev.queries) if dev else 0,
+                       "dev_corpus": len(dev.corpus) if dev else 0, "global_step": result.global_step,
+                       "best_dev_ndcg@10": result.best_dev_ndcg10,
+                       "train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
+                       "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+                       "mining": mining})
     if not distributed.is_main():  # every rank trained the same weights; rank 0 saves them
         return
-    evals = [r for r in result.log_history if "eval_dev_cosine_ndcg@10" in r]
-    table = ("| step | dev nDCG@10 |\n|---|---|\n"
-             + "\n".join(f"| {r['step']} | {r['eval_dev_cosine_ndcg@10']:.4f} |" for r in evals))
-    save_model(model, out / "model", {"metrics_table": table or "(no dev set)",
+    evals = [r for r in history if "eval_dev_cosine_ndcg@10" in r]
+    table = ("| round | step | dev nDCG@10 |\n|---|---|---|\n"
+             + "\n".join(f"| {r['round']} | {r['step']} | {r['eval_dev_cosine_ndcg@10']:.4f} |" for r in evals))
+    save_model(model, out / "model", {"metrics_table": table if evals else "(no dev set)",
                                       "training_config": dataclasses.asdict(training)})
-    log = {"best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-           "best_dev_ndcg@10": result.best_dev_ndcg10, "global_step": result.global_step,
-           "train_rows": len(train), "dev_queries": len(dev.queries) if dev else 0,
-           "dev_corpus": len(dev.corpus) if dev else 0, "train_seconds": result.train_seconds,
-           "samples_per_second": result.samples_per_second, "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
+    last = rounds[-1]
+    log = {"best_checkpoint": last["best_checkpoint"], "best_dev_ndcg@10": last["best_dev_ndcg@10"],
+           "global_step": sum(r["global_step"] for r in rounds), "train_rows": last["train_rows"],
+           "dev_queries": last["dev_queries"], "dev_corpus": last["dev_corpus"],
+           "train_seconds": sum(r["train_seconds"] for r in rounds),
+           "samples_per_second": last["samples_per_second"], "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
-           "log_history": result.log_history}
+           "rounds": rounds, "log_history": history}
     atomic_write_json(out / "train_log.json", log)
-    plot_training(result.log_history, out / "training.png")
-    extras["cost"] = {"corpus_encodes": 0}
+    plot_training(history, out / "training.png")
+    extras["cost"] = {"corpus_encodes": encodes}
     if not training.keep_checkpoints:  # only a killed, unfinished stage resumes from them
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,6 +14,7 @@ from datasets import DatasetDict
 
 from domain_embed.context import RunContext
 from domain_embed.report.plots import plot_score_distributions
+from domain_embed.retrieval.embed import Embedder
 from domain_embed.rundir import atomic_write_json, read_json
 from domain_embed.stages.base import Stage, register
 from domain_embed.stages.mine import mined_queries
@@ -28,19 +29,26 @@ def _inputs(ctx: RunContext) -> dict:
             "min_triplets": ctx.cfg.mining.min_triplets, "dev_split": ctx.cfg.mining.dev_split}
 
 
+def triplet_data(ctx: RunContext, result: MiningResult, embedder: Embedder) -> tuple[DatasetDict, dict, list[dict]]:
+    """Train/dev rows (leak-free) from a mining result; long documents contribute their best window by `embedder`,
+    the model that mined them. Returns the datasets, the split's counts and the rows."""
+    windows = ctx.windows()
+    window_texts = windows.texts(ctx.documents)
+    window_emb = embedder.encode_documents(window_texts)
+    query_ids, _, query_emb = mined_queries(ctx, embedder)
+    rows = build_rows(result, ctx.data.queries, query_emb, {q: i for i, q in enumerate(query_ids)}, window_emb,
+                      windows.parents, window_texts, ctx.data.corpus_ids)
+    train, dev, split_stats = leak_free_split(rows, ctx.cfg.mining.dev_split, DEV_FRACTION, ctx.cfg.seed)
+    return DatasetDict({"train": to_dataset(train), "dev": to_dataset(dev)}), split_stats, rows
+
+
 def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     mine_dir = ctx.run_dir.stage_dir("mine")
     stats = read_json(mine_dir / "stats.json")
     result = MiningResult(queries=[MinedQuery(**json.loads(line)) for line in (mine_dir / "mined.jsonl").open()])
     before = ctx.embedder.stats.corpus_encodes
-    windows = ctx.windows()
-    window_texts = windows.texts(ctx.documents)
-    window_emb = ctx.embedder.encode_documents(window_texts)
-    query_ids, _, query_emb = mined_queries(ctx)
-    rows = build_rows(result, ctx.data.queries, query_emb, {q: i for i, q in enumerate(query_ids)}, window_emb,
-                      windows.parents, window_texts, ctx.data.corpus_ids)
-    train, dev, split_stats = leak_free_split(rows, ctx.cfg.mining.dev_split, DEV_FRACTION, ctx.cfg.seed)
-    data = DatasetDict({"train": to_dataset(train), "dev": to_dataset(dev)})
+    data, split_stats, rows = triplet_data(ctx, result, ctx.embedder)
+    train = data["train"]
     data.save_to_disk(str(out / "dataset"))
     n = ctx.cfg.training.num_negatives
     mnrl = DatasetDict({k: mnrl_view(v, n) for k, v in data.items()})

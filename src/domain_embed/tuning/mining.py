@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 RULES = ("rank_window", "labelled_positive", "same_text", "max_score", "absolute_margin", "relative_margin",
          "rescorer")
 _FILL_TRIES = 4  # random draws per missing negative before giving up
+SOURCES = ("dense", "bm25")  # where candidates come from (mining.sources)
 
 
 def normalise_text(text: str) -> str:
@@ -38,7 +39,8 @@ class MinedQuery:
     positive_ids: list[str]
     positive_scores: list[float]
     negative_ids: list[str]  # chosen, best first (or sampled), at most num_negatives
-    negative_scores: list[float]
+    negative_scores: list[float]  # always the mining model's score, whatever the source
+    negative_sources: list[str] = field(default_factory=list)  # which source proposed each negative ("random": fill)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class MiningResult:
     kept_before_sampling: int = 0
     random_fill: int = 0  # negatives drawn at random because the window had too few
     backend: str = ""
+    sources: tuple[str, ...] = ("dense",)
 
     def stats(self) -> dict:
         pos = np.array([s for q in self.queries for s in q.positive_scores], dtype=np.float64)
@@ -56,6 +59,8 @@ class MiningResult:
         summary = {"candidates": self.candidates, "dropped_by_rule": {r: self.dropped.get(r, 0) for r in RULES},
                    "kept_before_sampling": self.kept_before_sampling, "negatives_chosen": int(neg.size),
                    "negatives_random_fill": self.random_fill,
+                   "negatives_by_source": {s: sum(q.negative_sources.count(s) for q in self.queries)
+                                           for s in (*self.sources, "random")},
                    "queries": len(self.queries),
                    "queries_without_negative": sum(not q.negative_ids for q in self.queries),
                    "backend": self.backend}
@@ -86,24 +91,34 @@ def check_config(cfg: MiningConfig) -> None:
         raise ConfigError("mining.num_negatives must be >= 1")
     if cfg.relative_margin is not None and not 0 <= cfg.relative_margin < 1:
         raise ConfigError("mining.relative_margin must be in [0, 1)")
+    if not cfg.sources or len(set(cfg.sources)) < len(cfg.sources) or set(cfg.sources) - set(SOURCES):
+        raise ConfigError(f"mining.sources={list(cfg.sources)}: expected distinct values among {list(SOURCES)}")
+    if cfg.rounds < 1:
+        raise ConfigError(f"mining.rounds must be >= 1, got {cfg.rounds}")
 
 
 def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_emb: np.ndarray,
                         window_emb: np.ndarray, parents: np.ndarray, corpus_ids: list[str], documents: list[str],
                         mined_qrels: dict[str, Qrels], all_qrels: dict[str, Qrels], cfg: MiningConfig,
-                        seed: int, rescore=None) -> MiningResult:
-    """Mines negatives for each query from ranks [range_min, range_max) of the base model.
+                        seed: int, rescore=None, bm25_ranked: np.ndarray | None = None) -> MiningResult:
+    """Mines negatives for each query from ranks [range_min, range_max) of the mining model's ranking and, with
+    `bm25` in `cfg.sources`, of `bm25_ranked` (per query row, document positions best first, -1 padded).
 
+    Every source's candidates pass the same rules on the mining model's score, so a lexical look-alike that the
+    model already scores near the positive is dropped like a dense one. The kept candidates of the sources
+    alternate (dense first), so each contributes about equally.
     `rescore(query_index, doc_positions) -> np.ndarray` (optional) returns cross-encoder scores; a
     candidate scoring above `cfg.rescorer_threshold` is dropped as a likely unlabelled positive."""
     check_config(cfg)
+    if "bm25" in cfg.sources and bm25_ranked is None:
+        raise ConfigError("mining.sources includes bm25, but no BM25 ranking was given")
     doc_pos = {d: i for i, d in enumerate(corpus_ids)}
     labelled = _labelled_positives(all_qrels)
     windows_of = windows_by_doc(parents)
     normalised = [normalise_text(t) for t in documents] if cfg.exclude_same_text else None
     hits = search_documents(query_emb, window_emb, parents, len(corpus_ids), cfg.range_max, cfg.search)
     rng = random.Random(seed)
-    result = MiningResult(queries=[], backend=hits.backend)
+    result = MiningResult(queries=[], backend=hits.backend, sources=tuple(cfg.sources))
     for row, (qid, split) in enumerate(zip(query_ids, query_splits, strict=True)):
         positives = [d for d, s in mined_qrels[split].get(qid, {}).items() if s > 0]
         if not positives:
@@ -120,19 +135,26 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
             return _first_rule(rank, corpus_ids[doc], score, cfg, labelled.get(qid, set()), floor,
                                normalised[doc] if normalised else "", positive_texts)
 
-        found = hits.indices[row] >= 0  # an IVF search may return fewer than k hits (padded with -1)
-        ranked = hits.indices[row][found].tolist()
-        kept_idx, kept_scores = _apply_rules(row, ranked, hits.scores[row][found].tolist(), rules, rescore,
-                                             cfg, result, count=True)
-        result.kept_before_sampling += len(kept_idx)
-        chosen = list(range(len(kept_idx)))
+        kept_by_source, seen = [], set()
+        for source in cfg.sources:
+            if source == "dense":
+                found = hits.indices[row] >= 0  # an IVF search may return fewer than k hits (padded with -1)
+                ranked, scores = hits.indices[row][found], hits.scores[row][found]
+            else:
+                ranked = bm25_ranked[row][bm25_ranked[row] >= 0][:cfg.range_max]
+                scores = _doc_scores(query_emb[row], window_emb, parents, windows_of, ranked)
+            seen.update(ranked.tolist())
+            kept = _apply_rules(row, ranked.tolist(), scores.tolist(), rules, rescore, cfg, result, count=True)
+            kept_by_source.append([(d, s, source) for d, s in zip(*kept, strict=True)])
+        merged = _alternate(kept_by_source)
+        result.kept_before_sampling += len(merged)
+        chosen = list(range(len(merged)))
         if cfg.sampling == "random" and len(chosen) > cfg.num_negatives:
             chosen = sorted(rng.sample(chosen, cfg.num_negatives))
-        neg_idx = [kept_idx[i] for i in chosen[:cfg.num_negatives]]
-        neg_scores = [kept_scores[i] for i in chosen[:cfg.num_negatives]]
+        picked = [merged[i] for i in chosen[:cfg.num_negatives]]
+        neg_idx, neg_scores, neg_sources = [p[0] for p in picked], [p[1] for p in picked], [p[2] for p in picked]
         short = cfg.num_negatives - len(neg_idx)
         if short and cfg.fill_random:
-            seen = set(ranked)
             n_draws = min(len(corpus_ids), short * _FILL_TRIES + len(seen))
             draws = [d for d in rng.sample(range(len(corpus_ids)), n_draws) if d not in seen]
             scores = _doc_scores(query_emb[row], window_emb, parents, windows_of, np.array(draws, dtype=np.int64))
@@ -144,12 +166,24 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
                                                  count=False)
             neg_idx += fill_idx[:short]
             neg_scores += fill_scores[:short]
+            neg_sources += ["random"] * len(fill_idx[:short])
             result.random_fill += len(fill_idx[:short])
         result.queries.append(MinedQuery(qid, split, positives, pos_scores.tolist(),
-                                         [corpus_ids[d] for d in neg_idx], neg_scores))
+                                         [corpus_ids[d] for d in neg_idx], neg_scores, neg_sources))
     log.info("mining: %d queries, %d candidates, dropped %s, backend %s", len(query_ids), result.candidates,
              dict(result.dropped), hits.backend)
     return result
+
+
+def _alternate(lists: list[list[tuple]]) -> list[tuple]:
+    """Round-robin over the sources' kept candidates, each document once (where it first appears)."""
+    out, taken = [], set()
+    for i in range(max(map(len, lists), default=0)):
+        for items in lists:
+            if i < len(items) and items[i][0] not in taken:
+                taken.add(items[i][0])
+                out.append(items[i])
+    return out
 
 
 def _apply_rules(row: int, docs: list[int], scores: list[float], rules, rescore, cfg: MiningConfig,
