@@ -215,8 +215,8 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
     # would each take ceil(rows / 2) steps an epoch
     training = report["training"]
     assert training["global_step"] == 2 * (training["train_rows"] // (2 * 2)) > 0
-    # rank 0 alone ran (and published) the single-process stages; both ranks trained
-    assert {s: out.count(f"stage {s}: running") for s in STAGES} == {**dict.fromkeys(STAGES, 1), "finetune": 2}
+    # rank 0 alone ran the audit; both ranks ran (rank 0 published) the corpus stages and trained
+    assert {s: out.count(f"stage {s}: running") for s in STAGES} == {**dict.fromkeys(STAGES, 2), "audit": 1}
     assert not [p for p in run.rglob(".*") if ".tmp-" in p.name]
 
 

@@ -1,10 +1,11 @@
-"""Rank helpers for multi-process runs (`torchrun`, `accelerate launch`): who may write, who waits.
+"""Rank helpers for multi-process runs (`torchrun`, `accelerate launch`): who may write, who waits, who does what.
 
-Only fine-tuning is data-parallel (the HF Trainer runs DDP). Every other stage, and every write into the
-run directory (manifests, reports, W&B summaries), happens on global rank 0 while the other ranks wait
-(`main_only`). The process group is joined at the start of the run, before the Trainer would create it,
-so those waits are possible from the first stage on. Without a launcher every helper is a no-op: rank 0
-of a world of 1.
+Fine-tuning is data-parallel (the HF Trainer runs DDP); the corpus stages run on every rank too, and split
+their corpus encodes and searches between the ranks (`share`, `gather`). Every write into the run directory
+(manifests, reports, W&B summaries), and every decision that all ranks must agree on, happens on global rank 0
+while the other ranks wait (`main_only`). The process group is joined at the start of the run, before the Trainer
+would create it, so those waits are possible from the first stage on. Without a launcher every helper is a no-op:
+rank 0 of a world of 1.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import ParamSpec, TypeVar
@@ -26,14 +28,18 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# rank 0 may encode and mine a large corpus alone while the others wait: the collectives' usual
-# 10-30 minute timeout would kill them, so the gloo waits get hours (DOMAIN_EMBED_DIST_TIMEOUT_H overrides)
+# ranks may wait hours for one another (rank 0's audit alone, a slower rank's corpus shards, rank 0 assembling a
+# large cache entry): the collectives' usual 10-30 minute timeout would kill them, so the gloo waits get hours
+# (DOMAIN_EMBED_DIST_TIMEOUT_H overrides)
 TIMEOUT = timedelta(hours=float(os.environ.get("DOMAIN_EMBED_DIST_TIMEOUT_H", "6")))
 # NCCL only carries training's collectives: a hung one must free the GPUs soon. The HF Trainer's own default
 # (ddp_timeout), which it would use had it created the group
 NCCL_TIMEOUT = timedelta(minutes=30)
 
+_POLL_S = 0.5  # how often a rank waiting in `gather` calls its `while_waiting` (rank 0's progress bar)
+
 _wait_group: list = []  # the gloo group that waits run on (cached; empty until first needed)
+_solo: list[None] = []  # non-empty while rank 0 runs a `main_only` block alone: no collective may start there
 
 
 class RankFailedError(DomainEmbedError):
@@ -112,6 +118,50 @@ def _group():
     return _wait_group[0]
 
 
+def together() -> bool:
+    """Whether every rank of a launch runs this code at once, so that work can be split between them: joined,
+    more than one rank, and not inside a `main_only` block (where rank 0 runs alone and a collective would hang)."""
+    return _initialized() and dist.get_world_size() > 1 and not _solo
+
+
+def share(n: int) -> range:
+    """This rank's contiguous part of `n` work items when the ranks run `together` (the first ranks get the
+    smaller parts), else all of them."""
+    if not together():
+        return range(n)
+    ranks, me = dist.get_world_size(), rank()
+    return range(me * n // ranks, (me + 1) * n // ranks)
+
+
+def gather(part: Callable[[], T], *, while_waiting: Callable[[], None] | None = None) -> list[T]:
+    """Runs this rank's `part` and returns every rank's result in rank order (`[part()]` unless `together`).
+
+    The ranks wait for each other on the gloo wait group, never on NCCL: parts may take hours and differ in
+    length. `while_waiting` is called about every `_POLL_S` seconds meanwhile (rank 0's progress bar). A rank whose
+    part fails makes every rank raise (it its own error, the others RankFailedError with its message) instead of
+    leaving them in a collective that never completes."""
+    if not together():
+        return [part()]
+    failure, outcome = None, [None, None]  # [result, error message]
+    try:
+        outcome[0] = part()
+    except BaseException as exc:
+        failure, outcome[1] = exc, f"{exc.__class__.__name__}: {exc}"
+    arrived = dist.barrier(group=_group(), async_op=True)
+    while while_waiting is not None and not arrived.is_completed():
+        while_waiting()
+        time.sleep(_POLL_S)
+    arrived.wait()
+    outcomes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, outcome, group=_group())
+    if failure is not None:
+        raise failure
+    for other, (_, error) in enumerate(outcomes):
+        if error is not None:
+            raise RankFailedError(f"rank {other} failed: {error}")
+    return [result for result, _ in outcomes]
+
+
 def barrier() -> None:
     if _initialized() and dist.get_world_size() > 1:
         dist.barrier(group=_group())
@@ -119,21 +169,25 @@ def barrier() -> None:
 
 def main_only(fn: Callable[P, T]) -> Callable[P, T]:
     """Decorator: the call runs on rank 0 only and every rank returns rank 0's (picklable) result once it is
-    done. If it raises on rank 0, the other ranks raise RankFailedError with its message instead of waiting
-    for a barrier that never comes."""
+    done: how rank 0 decides for all. If it raises on rank 0, the other ranks raise RankFailedError with its
+    message instead of waiting for a barrier that never comes. Inside it (and outside a launch) it is a plain call,
+    and the code it runs splits no work (`together` is false there)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        if not (_initialized() and dist.get_world_size() > 1):
+        if not together():
             return fn(*args, **kwargs)
         outcome: list = [None, None]  # [result, error message]
         failure = None
         if is_main():
+            _solo.append(None)
             try:
                 outcome[0] = fn(*args, **kwargs)
             except BaseException as exc:
                 failure = exc
                 outcome[1] = f"{exc.__class__.__name__}: {exc}"
+            finally:
+                _solo.pop()
         dist.broadcast_object_list(outcome, src=0, group=_group())
         if failure is not None:
             raise failure

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -23,8 +25,9 @@ log = logging.getLogger(__name__)
 # stages whose output depends only on data, base model and their own config: in a sweep, jobs that
 # agree on those inputs share one content-addressed copy instead of recomputing it
 SHARED_STAGES = ("audit", "baseline", "mine", "triplets")
-# stages every rank of a launcher (torchrun, accelerate launch) runs together; rank 0 alone runs the rest
-DISTRIBUTED_STAGES = ("finetune",)
+# stages every rank of a launcher (torchrun, accelerate launch) runs together: fine-tuning (DDP) and the corpus
+# stages, whose encodes and searches the ranks split (retrieval.embed, retrieval.search); rank 0 alone runs the rest
+DISTRIBUTED_STAGES = ("baseline", "mine", "triplets", "finetune", "evaluate", "compare")
 
 
 def plan(selected: list[str]) -> list[str]:
@@ -47,8 +50,8 @@ def plan(selected: list[str]) -> list[str]:
 
 def run_pipeline(ctx: RunContext) -> dict:
     """Runs the plan; returns the report. A stage is redone when forced or when its inputs changed.
-    Under a launcher, rank 0 runs every stage but fine-tuning alone and writes everything; the other
-    ranks wait for it, train with it, and return the report it built."""
+    Under a launcher, rank 0 decides and writes everything and runs the audit alone; all ranks run the other
+    stages together and return the report rank 0 built."""
     distributed.init_process_group()
     tracker = Tracker(ctx.cfg, ctx.run_dir.root, name=ctx.run_dir.root.name) if distributed.is_main() else None
     try:
@@ -96,10 +99,18 @@ def _decide(ctx: RunContext, name: str) -> tuple[dict, str, Path | None, bool]:
 
 
 def _run_stage(ctx: RunContext, name: str) -> bool:
-    if not (ctx.shared_dir and name in SHARED_STAGES):
+    with _shared_stage_lock(ctx, name):
         return _execute(ctx, name, *_decide(ctx, name))
-    # sweep jobs (parallel local launchers, SLURM) reach a shared stage together: one computes it under the lock,
-    # the others wait and then find its manifest, so the decision is taken (again) only while holding the lock
+
+
+@contextmanager
+def _shared_stage_lock(ctx: RunContext, name: str) -> Iterator[None]:
+    """Held while deciding and computing a sweep's shared stage. Sweep jobs (parallel local launchers, SLURM) reach
+    a shared stage together: one computes it under the lock, the others wait and then find its manifest, so the
+    decision is taken (again) only while holding the lock."""
+    if not (ctx.shared_dir and name in SHARED_STAGES):
+        yield
+        return
     ctx.shared_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(ctx.shared_dir / f"{name}-{stable_hash(REGISTRY[name].inputs(ctx))[:16]}.lock")
     try:
@@ -108,7 +119,7 @@ def _run_stage(ctx: RunContext, name: str) -> bool:
         log.info("stage %s: another job of the sweep is computing it; waiting for it (%s)", name, lock.lock_file)
         lock.acquire()
     try:
-        return _execute(ctx, name, *_decide(ctx, name))
+        yield
     finally:
         lock.release()
 
@@ -127,15 +138,17 @@ def _execute(ctx: RunContext, name: str, inputs: dict, key: str, shared: Path | 
 
 
 def _run_on_every_rank(ctx: RunContext, name: str) -> bool:
-    """Rank 0 decides (once) and owns the stage output; the others run the same stage into a scratch folder
-    that is thrown away (the stage itself writes only on rank 0)."""
-    decision = distributed.main_only(_decide)(ctx, name)
-    needed = decision[3]
-    if distributed.is_main():
-        _execute(ctx, name, *decision)
-    elif needed:
-        log.info("stage %s: running (rank %d)", name, distributed.rank())
-        with tempfile.TemporaryDirectory(prefix=f"{name}-rank{distributed.rank()}-") as scratch:
-            REGISTRY[name].run(ctx, Path(scratch), {})
-    distributed.barrier()
+    """Rank 0 decides (once, under the sweep's lock) and owns the stage output; the others run the same stage into
+    a scratch folder that is thrown away. The stage splits its corpus work between the ranks and writes only into
+    its output folder; the embedding cache is written by rank 0 (and by each rank, its own shards)."""
+    with _shared_stage_lock(ctx, name) if distributed.is_main() else nullcontext():
+        decision = distributed.main_only(_decide)(ctx, name)
+        needed = decision[3]
+        if distributed.is_main():
+            _execute(ctx, name, *decision)
+        elif needed:
+            log.info("stage %s: running (rank %d)", name, distributed.rank())
+            with tempfile.TemporaryDirectory(prefix=f"{name}-rank{distributed.rank()}-") as scratch:
+                REGISTRY[name].run(ctx, Path(scratch), {})
+        distributed.barrier()
     return needed

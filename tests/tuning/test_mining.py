@@ -190,7 +190,7 @@ def test_bm25_alone_never_uses_the_dense_ranking():
 
 @pytest.mark.parametrize("sources", [[], ["dense", "dense"], ["dense", "splade"]])
 def test_unknown_or_repeated_sources_are_refused(sources):
-    with pytest.raises(ConfigError, match="mining.sources"):
+    with pytest.raises(ConfigError, match=r"mining\.sources"):
         _mine(_cfg(sources=sources))
 
 

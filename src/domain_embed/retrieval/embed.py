@@ -1,7 +1,9 @@
 """Model loading and cached encoding: the only place in the package that encodes text.
 
 Each text list is encoded once per (model fingerprint, texts, max_seq_length, prompt, encode dtype, cache
-dtype) and kept on disk as a memory-mapped .npy, so every later stage, run and sweep job reuses it.
+dtype) and kept on disk as a memory-mapped .npy, so every later stage, run and sweep job reuses it. The texts are
+encoded in contiguous shards, each published on its own before the entry is assembled: under a launcher the ranks
+split the shards between them, and a killed encode resumes at the first shard it had not finished.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import hashlib
 import importlib
 import json
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from domain_embed import distributed
 from domain_embed.config import ModelConfig
 from domain_embed.errors import ConfigError, ModelLoadError
 from domain_embed.rundir import publish_dir
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _SKIP_IN_FINGERPRINT = {"README.md", ".gitattributes"}
 _ENCODE_BLOCK = 1024  # texts per block: progress and memory granularity
+_SHARD_ROWS = 256  # a shard is a multiple of this many texts ...
+_MAX_SHARDS = 1024  # ... chosen so that there are at most about this many shards
 _TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # model.encode_dtype -> torch name
 
 
@@ -89,10 +96,24 @@ def texts_fingerprint(texts: list[str]) -> str:
     return h.hexdigest()
 
 
+def shard_bounds(n: int) -> list[tuple[int, int]]:
+    """The contiguous row ranges [lo, hi) that n texts are encoded in: a function of n alone, never of the number of
+    ranks. Each shard is encoded by one process, in the same batches whatever the ranks, so a sharded entry is
+    byte-identical to a single-process one and any run resumes from any other's shards. 256 texts each up to
+    262,144 texts (enough shards to keep 8 ranks even), then larger: at most 1,024 shard files per entry."""
+    rows = _SHARD_ROWS * max(1, -(-n // (_SHARD_ROWS * _MAX_SHARDS)))
+    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+
+
+def _is_entry(final: Path) -> bool:
+    return (final / "meta.json").exists()
+
+
 @dataclass
 class EncodeStats:
-    corpus_encodes: int = 0  # full corpus encodings actually computed (cache misses)
-    texts_encoded: int = 0
+    corpus_encodes: int = 0  # full corpus encodings computed (cache misses), counted once, on rank 0
+    shards_encoded: int = 0  # shards this process encoded (a resumed encode skips the finished ones)
+    texts_encoded: int = 0  # texts this process encoded
     cache_hits: int = 0
     seconds: float = 0.0
 
@@ -177,47 +198,98 @@ class Embedder:
         return self._encode(texts, self.cfg.document_prompt, what="corpus" if is_corpus else "documents")
 
     def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
-        if self.cache_dir is None:
-            out = self._compute(texts, prompt, what, np.empty((len(texts), self.dim), dtype=self.cache_dtype))
-            self._count(what, len(texts))
+        """Cached: rank 0 decides hit or miss for every rank. On a miss each rank encodes its unfinished shards (all
+        of them in a single process), rank 0 assembles the entry while the others wait, and every rank reads it."""
+        bounds = shard_bounds(len(texts))
+        if self.cache_dir is None:  # nothing to resume or share: this process encodes everything
+            out = np.empty((len(texts), self.dim), dtype=self.cache_dtype)
+            t0, bar = time.perf_counter(), self._bar(what, len(texts))
+            for lo, hi in bounds:
+                self._compute(texts[lo:hi], prompt, out[lo:hi], bar)
+            bar.close()
+            self._count(what, bounds, len(bounds), time.perf_counter() - t0)
             return out
         key = self._cache_key(texts_fingerprint(texts), prompt)
         final = self.cache_dir / "embeddings" / key
-        if (final / "meta.json").exists():
+        if distributed.main_only(_is_entry)(final):
             self.stats.cache_hits += 1
             log.info("%s embeddings: cache hit %s (%d texts)", what, final, len(texts))
             return np.load(final / "embeddings.npy", mmap_mode="r")
-        with publish_dir(final) as tmp:  # of two writers of this key the first to finish wins: same vectors
+        shards = final.with_name(f"{key}.shards")
+        todo = [bounds[i] for i in distributed.share(len(bounds)) if not _shard(shards, *bounds[i]).is_dir()]
+        bar = self._bar(what, len(texts))
+
+        def progress() -> None:  # every rank's finished shards, from the disk they share
+            bar.n = sum(hi - lo for lo, hi in bounds if _shard(shards, lo, hi).is_dir())
+            bar.refresh()
+
+        shown = progress if not bar.disable else None
+        if shown:
+            progress()
+        t0 = time.perf_counter()
+        distributed.gather(lambda: self._encode_shards(texts, prompt, todo, shards, bar, shown), while_waiting=shown)
+        bar.close()
+        self._count(what, todo, len(bounds), time.perf_counter() - t0)
+        distributed.main_only(self._assemble)(final, shards, bounds, prompt, what)
+        return np.load(final / "embeddings.npy", mmap_mode="r")
+
+    def _bar(self, what: str, total: int) -> tqdm:
+        """One bar per encode, on rank 0 only: under a launcher it counts every rank's texts."""
+        return tqdm(total=total, desc=f"encode {what}", unit="text",
+                    disable=not (self.show_progress and distributed.is_main()))
+
+    def _encode_shards(self, texts: list[str], prompt: str, todo: list[tuple[int, int]], shards: Path, bar: tqdm,
+                       progress: Callable[[], None] | None) -> None:
+        """Publishes each shard whole (`publish_dir`), so a killed encode leaves only finished shards behind."""
+        for lo, hi in todo:
+            with publish_dir(_shard(shards, lo, hi)) as tmp:
+                out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
+                                                shape=(hi - lo, self.dim))
+                self._compute(texts[lo:hi], prompt, out, bar)
+                out.flush()
+                del out
+            if progress:
+                progress()
+
+    def _assemble(self, final: Path, shards: Path, bounds: list[tuple[int, int]], prompt: str, what: str) -> None:
+        """The entry from its shards, in order (the same bytes whoever encoded them); of two writers of this key the
+        first to finish wins. The shards go once the entry is in place."""
+        n = bounds[-1][1] if bounds else 0
+        with publish_dir(final) as tmp:
             out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
-                                            shape=(len(texts), self.dim))
-            self._compute(texts, prompt, what, out)
+                                            shape=(n, self.dim))
+            for lo, hi in bounds:
+                out[lo:hi] = np.load(_shard(shards, lo, hi) / "embeddings.npy", mmap_mode="r")
             out.flush()
             del out
-            meta = {"model": self.location, "fingerprint": self.fingerprint, "n": len(texts), "dim": self.dim,
+            meta = {"model": self.location, "fingerprint": self.fingerprint, "n": n, "dim": self.dim,
                     "dtype": self.cache_dtype.name, "encode_dtype": self.encode_dtype,
                     "max_seq_length": self.max_seq_length, "prompt": prompt, "normalize": self.cfg.normalize,
                     "what": what, "created": time.time()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        self._count(what, len(texts))
-        return np.load(final / "embeddings.npy", mmap_mode="r")
+        shutil.rmtree(shards, ignore_errors=True)
 
-    def _count(self, what: str, n: int) -> None:
-        self.stats.texts_encoded += n
-        if what == "corpus":
+    def _count(self, what: str, encoded: list[tuple[int, int]], shards: int, seconds: float) -> None:
+        rows = sum(hi - lo for lo, hi in encoded)
+        self.stats.shards_encoded += len(encoded)
+        self.stats.texts_encoded += rows
+        if what == "corpus" and distributed.is_main():  # one encode, however many ranks shared it
             self.stats.corpus_encodes += 1
+        if encoded:
+            log.info("encoded %d %s texts (%d of %d shards) in %.1fs (%.0f/s, %s, batch %d)", rows, what, len(encoded),
+                     shards, seconds, rows / max(seconds, 1e-9), self.encode_dtype, self.batch_size)
 
     @property
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())
 
-    def _compute(self, texts: list[str], prompt: str, what: str, out: np.ndarray) -> np.ndarray:
+    def _compute(self, texts: list[str], prompt: str, out: np.ndarray, bar: tqdm) -> np.ndarray:
         """Encodes longest-first in blocks (less padding, early OOM), writing rows in place. Vectors leave the model
         as float32 and are normalised there, so a half-precision encode still stores unit-length vectors."""
         import torch
 
         t0 = time.perf_counter()
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        bar = tqdm(total=len(texts), desc=f"encode {what}", unit="text", disable=not self.show_progress)
         for start in range(0, len(texts), _ENCODE_BLOCK):
             idx = order[start:start + _ENCODE_BLOCK]
             emb = self.model.encode([texts[i] for i in idx], prompt=prompt or None, batch_size=self.batch_size,
@@ -229,9 +301,9 @@ class Embedder:
                 emb = torch.nn.functional.normalize(emb, dim=1)
             out[idx] = emb.cpu().numpy().astype(self.cache_dtype, copy=False)
             bar.update(len(idx))
-        bar.close()
-        seconds = time.perf_counter() - t0
-        self.stats.seconds += seconds
-        log.info("encoded %d %s texts in %.1fs (%.0f/s, %s, batch %d)", len(texts), what, seconds,
-                 len(texts) / max(seconds, 1e-9), self.encode_dtype, self.batch_size)
+        self.stats.seconds += time.perf_counter() - t0
         return out
+
+
+def _shard(shards: Path, lo: int, hi: int) -> Path:
+    return shards / f"{lo}-{hi}"

@@ -5,7 +5,8 @@ when faiss has them) and torch (blocked matmul + top-k, on CUDA when present) fo
 FAISS GPU. Both compute in float32 unless `search.fp16` asks for a 16-bit index, and then say so.
 Mining at scale may use FAISS IVF (`index=ivf`, optionally with product quantisation).
 The corpus may be a float16 memmap larger than RAM, so it is only ever read, converted and added in
-blocks; queries are searched in blocks (`search.query_block`), which bounds the intermediate memory.
+blocks; queries are searched in blocks (`search.query_block`), which bounds the intermediate memory. Under a
+launcher, when every rank searches together, the ranks split the query blocks and all-gather the results.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from domain_embed import distributed
 from domain_embed.config import SearchConfig
 from domain_embed.errors import ConfigError
 
@@ -37,6 +39,7 @@ _RESIDENT_FRACTION = 0.5  # torch keeps the corpus on its device only below this
 _WINDOW_K_FACTOR = 4  # search_documents first fetches this many windows per document asked for
 
 BlockSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> scores, indices
+T = TypeVar("T")
 
 
 @dataclass
@@ -139,13 +142,28 @@ def search(queries: np.ndarray, corpus: np.ndarray, k: int, cfg: SearchConfig | 
     search_block, label, _ = _searcher(corpus, k, cfg, timings)
     scores = np.empty((len(queries), k), dtype=np.float32)
     indices = np.empty((len(queries), k), dtype=np.int64)
+    blocks = _blocks(np.arange(len(queries)), cfg.query_block)
     with _timed(timings, "search"):
-        for start in range(0, len(queries), cfg.query_block):
-            q = np.ascontiguousarray(queries[start:start + cfg.query_block], dtype=np.float32)
-            scores[start:start + len(q)], indices[start:start + len(q)] = search_block(q, k)
+        found = _by_block(blocks, lambda rows: search_block(np.ascontiguousarray(queries[rows], dtype=np.float32), k))
+    for rows, (block_scores, block_indices) in zip(blocks, found, strict=True):
+        scores[rows], indices[rows] = block_scores, block_indices
     log.info("search: %d queries x %d docs, k=%d, backend=%s, %.1fs", len(queries), corpus.shape[0], k, label,
              sum(timings.values()))
     return SearchResult(scores, indices, label, timings)
+
+
+def _blocks(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    return [rows[start:start + size] for start in range(0, len(rows), size)]
+
+
+def _by_block(blocks: list[np.ndarray], search_rows: Callable[[np.ndarray], T]) -> list[T]:
+    """`search_rows` of each block of query rows, in block order. When the ranks of a launch search together,
+    each searches a contiguous run of whole blocks, the very blocks one process would search (a query's scores
+    can depend on the other queries of its block: FAISS and BLAS pick kernels by block size), so every rank ends
+    with the single-process result to the bit, ties included."""
+    own = distributed.share(len(blocks))
+    parts = distributed.gather(lambda: [search_rows(blocks[b]) for b in own])
+    return [found for part in parts for found in part]
 
 
 def _searcher(corpus, k: int, cfg: SearchConfig, timings: dict[str, float]) -> tuple[BlockSearch, str, str]:
@@ -321,18 +339,14 @@ def search_documents(queries: np.ndarray, windows: np.ndarray, parents: np.ndarr
     indices = np.full((len(queries), k), -1, dtype=np.int64)
     pending = np.arange(len(queries))
     while True:
-        short, rows_per_search = [], max(1, hits_per_search // window_k)
+        blocks = _blocks(pending, max(1, hits_per_search // window_k))
         with _timed(timings, "search"):
-            for start in range(0, len(pending), rows_per_search):
-                rows = pending[start:start + rows_per_search]
-                hit_s, hit_i = search_block(np.ascontiguousarray(queries[rows], dtype=np.float32), window_k)
-                for row, row_s, row_i in zip(rows, hit_s, hit_i, strict=True):
-                    found = row_i >= 0  # IVF may find fewer windows than asked: then no more will come
-                    docs, best = documents_by_best_window(row_s[found], parents[row_i[found]])
-                    n = min(k, len(docs))
-                    scores[row, :n], indices[row, :n] = best[:n], docs[:n]
-                    if n < k and found.all():
-                        short.append(row)
+            found = _by_block(blocks, lambda rows, run=search_block, wk=window_k: _best_documents(
+                run, queries, rows, parents, wk, k))
+        short: list[int] = []
+        for rows, (block_scores, block_indices, block_short) in zip(blocks, found, strict=True):
+            scores[rows], indices[rows] = block_scores, block_indices
+            short += block_short
         pending = np.array(short, dtype=np.int64)
         if not pending.size or window_k >= last_k:
             break
@@ -347,3 +361,21 @@ def search_documents(queries: np.ndarray, windows: np.ndarray, parents: np.ndarr
     log.info("search_documents: %d queries, %d windows of %d documents, k=%d, backend=%s", len(queries),
              len(parents), n_docs, k, "+".join(labels))
     return SearchResult(scores, indices, "+".join(labels), timings)
+
+
+def _best_documents(search_block: BlockSearch, queries: np.ndarray, rows: np.ndarray, parents: np.ndarray,
+                    window_k: int, k: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The top-k documents of these query rows from their top `window_k` windows (-1 / -inf past what was found),
+    and the rows that must be searched again deeper: they named fewer than k documents, and more windows exist."""
+    hit_s, hit_i = search_block(np.ascontiguousarray(queries[rows], dtype=np.float32), window_k)
+    scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+    indices = np.full((len(rows), k), -1, dtype=np.int64)
+    short = []
+    for pos, (row, row_s, row_i) in enumerate(zip(rows, hit_s, hit_i, strict=True)):
+        found = row_i >= 0  # IVF may find fewer windows than asked: then no more will come
+        docs, best = documents_by_best_window(row_s[found], parents[row_i[found]])
+        n = min(k, len(docs))
+        scores[pos, :n], indices[pos, :n] = best[:n], docs[:n]
+        if n < k and found.all():
+            short.append(int(row))
+    return scores, indices, short
