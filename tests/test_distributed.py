@@ -211,6 +211,7 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
     assert report["run"]["ran_now"] == STAGES
     assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned"}
     assert "ndcg@10" in report["gap_closed"]
+    assert report["cost"]["corpus_encodes"] == 2  # the base and the tuned model, once each, not once per rank
     # one DDP group: every step takes batch_size rows on each of the 2 ranks (drop_last); 2 lone copies
     # would each take ceil(rows / 2) steps an epoch
     training = report["training"]
