@@ -138,7 +138,7 @@ def gather(part: Callable[[], T], *, while_waiting: Callable[[], None] | None = 
 
     The ranks wait for each other on the gloo wait group, never on NCCL: parts may take hours and differ in
     length. `while_waiting` is called about every `_POLL_S` seconds meanwhile (rank 0's progress bar). A rank whose
-    part fails makes every rank raise (it its own error, the others RankFailedError with its message) instead of
+    part fails makes every rank raise (that rank its own error, the others RankFailedError with its message) instead of
     leaving them in a collective that never completes."""
     if not together():
         return [part()]
