@@ -72,3 +72,4 @@ def test_summary_ranks_by_the_full_dev_split_when_jobs_evaluated_dev_and_never_b
     assert [j["job"] for j in summary["jobs"]] == ["d", "c"]
     md = render(summary)
     assert "0.9900 (test)" in md and "training dev evaluator" in md and "| 12 | 30 | 1 |" in md
+    assert "Every job: `eval.split=test`" in md and "| +recipe=c |" in md  # what differs, per row

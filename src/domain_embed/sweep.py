@@ -49,13 +49,17 @@ def _fmt(value: float | None, spec: str = ".4f") -> str:
 
 
 def render(summary: dict) -> str:
-    rows = [[str(i + 1), j["job"], " ".join(j["overrides"]), _fmt(j["dev_ndcg@10"]),
+    jobs = summary["jobs"]
+    common = [o for o in jobs[0]["overrides"] if all(o in j["overrides"] for j in jobs)] if len(jobs) > 1 else []
+    rows = [[str(i + 1), j["job"], " ".join(o for o in j["overrides"] if o not in common) or "(none)",
+             _fmt(j["dev_ndcg@10"]),
              *[f"{_fmt(j['tuned'][m])} ({j['eval_split']})" for m in _SHOWN], _fmt(j["train_seconds"], ".0f"),
              _fmt(j["steps"], "d"), str(j["corpus_encodes"]), ", ".join(j["stages_run"]) or "none"]
-            for i, j in enumerate(summary["jobs"])]
-    sources = sorted({j["dev_source"] for j in summary["jobs"]})
+            for i, j in enumerate(jobs)]
+    sources = sorted({j["dev_source"] for j in jobs})
+    shared = f"Every job: `{' '.join(common)}`.\n\n" if common else ""
     return (f"# Sweep summary: {summary['sweep_dir']}\n\nRanked by dev nDCG@10 ({'; '.join(sources)}), the split "
-            "used to choose; a test column is for reading, not for choosing.\n\n"
+            f"used to choose; a test column is for reading, not for choosing.\n\n{shared}"
             + table(["rank", "job", "overrides", "dev nDCG@10", *[f"tuned {m} (split)" for m in _SHOWN],
                      "train s", "steps", "corpus encodes", "stages run"], rows)
             + "\n")
