@@ -12,7 +12,7 @@ from domain_embed.config import DataConfig, SourceKind
 from domain_embed.context import RunContext
 from domain_embed.report.card import update_model_card
 from domain_embed.report.markdown import metrics_table, render_markdown
-from domain_embed.report.plots import plot_before_after, plot_mrl, plot_recall_curves
+from domain_embed.report.plots import plot_before_after, plot_formats, plot_mrl, plot_recall_curves
 from domain_embed.report.recommend import decide, recommend
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
@@ -22,7 +22,9 @@ _GAP_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10")
 _NOT_RUN = {"mrl": "`training.matryoshka_dims` is empty; set it (e.g. `training.matryoshka_dims=[256,128,64]`) to "
                    "train with MatryoshkaLoss and score base and tuned models at each dimension",
             "ood": "`eval.ood.path` is not set; point it at another domain's BEIR directory to check that the tuned "
-                   "model did not forget general retrieval"}
+                   "model did not forget general retrieval",
+            "formats": "`eval.formats.enabled` is false; set `eval.formats.enabled=true` to score the tuned model's "
+                       "float32, int8 and binary vectors at each dimension against their bytes per document"}
 
 
 def build_report(ctx: RunContext, ran: list[str]) -> dict:
@@ -86,7 +88,8 @@ def _add_hybrid(report: dict, summary: dict) -> None:
 
 
 def _add_tuned(report: dict, folder, ctx: RunContext) -> None:
-    """Tuned metrics, the gap closed on each metric, the article's adoption rule, and the MRL and OOD checks."""
+    """Tuned metrics, the gap closed on each metric, the article's adoption rule, and the MRL, OOD and vector-format
+    checks."""
     ev = read_json(folder / "metrics.json")
     report["metrics"].update(ev["systems"])
     report["ci95"].update(ev["ci95"])
@@ -124,6 +127,8 @@ def _plots(report: dict, ctx: RunContext) -> list:
                  if all(m in values for values in report["metrics"].values())]  # eval.k_values may lack 100
         out.append(plot_before_after(report["metrics"], report["ci95"], shown, folder / "before_after.png", title))
         out.append(plot_recall_curves(report["metrics"], folder / "recall_at_k.png", title))
+        if "formats" in report:
+            out.append(plot_formats(report["formats"], folder / "formats.png", f"{title}, tuned model"))
     if "mrl" in report:
         out.append(plot_mrl(report["mrl"], folder / "mrl.png"))
     compare_png = ctx.run_dir.stage_dir("compare") / "quality_vs_dims.png"

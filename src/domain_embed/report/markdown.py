@@ -106,6 +106,18 @@ def _ood(o: dict) -> str:
             f"{o['baseline']['ndcg@10']:.4f} -> {o['tuned']['ndcg@10']:.4f} ({o['delta']['ndcg@10']:+.4f}).")
 
 
+def _formats(rows: list[dict]) -> str:
+    """Each format's quality and storage, against float32 at the largest dimension (the plain dense ranking)."""
+    ref = next((r for r in rows if r["precision"] == "float32" and r["dims"] == max(x["dims"] for x in rows)), None)
+    body = [[str(r["dims"]), r["precision"] + (" (rescored)" if r["rescored"] else ""),
+             f"{r['bytes_per_document']:,.1f}", f"{r['ndcg@10']:.4f}", f"{r['recall@10']:.4f}",
+             f"{r['ndcg@10'] - ref['ndcg@10']:+.4f}" if ref else "-"] for r in rows]
+    return ("Tuned model's vectors quantised with sentence-transformers' `quantize_embeddings` (int8 calibrated on the "
+            "corpus; binary ranked by Hamming distance, then its top documents re-scored with the float32 query); "
+            "bytes per document counts every window's vector.\n\n"
+            + table(["dims", "precision", "bytes/doc", "nDCG@10", "Recall@10", "nDCG@10 vs float32 full dims"], body))
+
+
 def _hybrid(how: dict | str) -> str:
     """How a hybrid was fused and where its settings came from (a string: why it was not scored)."""
     if isinstance(how, str):
@@ -167,7 +179,8 @@ def render_markdown(report: dict) -> str:
                 f"{t['samples_per_second']:.1f} samples/s; best dev nDCG@10 {_or_dash(t['best_dev_ndcg@10'], '.4f')} "
                 f"({t['dev_queries']} dev queries, {t['dev_corpus']} dev documents)."]
     skipped = report.get("not_run", {})
-    checks = (("mrl", "Matryoshka dimensions", _mrl), ("ood", "Forgetting check (another domain)", _ood))
+    checks = (("mrl", "Matryoshka dimensions", _mrl), ("ood", "Forgetting check (another domain)", _ood),
+              ("formats", "Vector formats", _formats))
     for name, heading, body in checks:
         if name in report or name in skipped:
             out += ["", f"## {heading}", "", body(report[name]) if name in report else f"Not run: {skipped[name]}."]

@@ -106,6 +106,22 @@ def plot_mrl(mrl: dict[str, dict[str, dict[str, float]]], path: Path, metric: st
     return _save(fig, path)
 
 
+def plot_formats(rows: list[dict], path: Path, title: str, metric: str = "ndcg@10") -> Path:
+    """Quality against bytes per document, one labelled marker per (dims, precision): the cheapest format that keeps
+    the quality is the one to store. Log x, since the formats span 32x in size."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in rows:
+        ax.plot(r["bytes_per_document"], r[metric], marker="o", linestyle="", color="tab:blue")
+        ax.annotate(f"{r['precision']}@{r['dims']}", (r["bytes_per_document"], r[metric]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost markers
+    ax.set_xlabel("bytes per document (all its windows)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{title}\n{metric} vs bytes per document", fontsize=10)
+    return _save(fig, path)
+
+
 def plot_quality_vs_dims(curves: dict[str, list[dict]], path: Path, metric: str = "ndcg@10") -> Path:
     """One line per candidate model: how much quality each one keeps as its vectors are truncated."""
     fig, ax = plt.subplots(figsize=(6, 3.5))

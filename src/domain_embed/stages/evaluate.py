@@ -2,7 +2,8 @@
 evaluator and cache as the baseline (one corpus encode for the tuned model; the base model's vectors come from the
 cache, or are re-encoded and counted when it was emptied), Matryoshka dimensions, and a forgetting check on another
 domain. `hybrid_base` is re-scored with the fusion the baseline stage chose, for the paired comparisons with the
-tuned systems. Writes evaluate/metrics.json, per_query.json, mrl.json and ood.json."""
+tuned systems; the tuned model's vector formats (precision x dims) are scored from its cached vectors. Writes
+evaluate/metrics.json, per_query.json, mrl.json, ood.json and formats.json."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from domain_embed.context import RunContext
 from domain_embed.data.chunking import Windows
 from domain_embed.data.loader import load_domain_data
 from domain_embed.retrieval.evaluate import evaluate_dense, evaluate_hybrid, hybrid_splits, rank_bm25, rank_dense
+from domain_embed.retrieval.formats import format_grid, rank_format
 from domain_embed.retrieval.fusion import Fusion
 from domain_embed.rundir import atomic_write_json, read_json
 from domain_embed.stages.base import Stage, register
@@ -39,6 +41,7 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     tuned = tuned_embedder(ctx)
     windows = ctx.windows()
     e, use_title = cfg.eval, cfg.data.use_title
+    grid = format_grid(e.formats, tuned.dim, cfg.training.matryoshka_dims) if e.formats.enabled else []
     split = e.split
     splits, skipped = hybrid_splits(e, data)
     depth = e.hybrid.depth if skipped is None else 0
@@ -66,7 +69,24 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
             for name, emb in (("baseline", ctx.embedder), ("tuned", tuned))}
     atomic_write_json(out / "mrl.json", mrl)
     atomic_write_json(out / "ood.json", _ood(ctx, tuned))
+    atomic_write_json(out / "formats.json", _formats(ctx, tuned, windows, grid))
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before + tuned.stats.corpus_encodes}
+
+
+def _formats(ctx: RunContext, tuned, windows: Windows, grid: list[tuple[int, str]]) -> list[dict]:
+    """Quality against bytes per document for each (dims, precision) of the tuned model. Its corpus vectors come
+    from the cache `rank_dense` just filled, so the formats cost no corpus encode; [] when switched off."""
+    if not grid:
+        return []
+    e = ctx.cfg.eval
+    corpus = tuned.encode_documents(windows.texts(ctx.documents))
+    queries = tuned.encode_queries(ctx.data.split(e.split)[1])
+    rows = []
+    for dims, precision in grid:
+        r = rank_format(queries, corpus, windows.parents, ctx.data, e.split, dims, precision, e)
+        rows.append({"dims": dims, "precision": precision, "bytes_per_document": r.bytes_per_document,
+                     **{m: v for m, v in r.result.metrics.mean().items() if m in _SHOWN}, "rescored": r.rescored})
+    return rows
 
 
 def _ood(ctx: RunContext, tuned) -> dict:
