@@ -87,3 +87,5 @@ def test_columns_for_each_loss():
         columns_for("mnrl", -1)
     with pytest.raises(ConfigError, match=r"unknown training\.loss"):
         columns_for("contrastive", 1)
+    with pytest.raises(ConfigError, match="at most one hard negative"):  # it would fail at the first step
+        columns_for("gist", 3)

@@ -67,6 +67,9 @@ def columns_for(loss: str, num_negatives: int) -> list[str]:
         return ["anchor", "positive", "negative"]
     if num_negatives < 0:
         raise ConfigError(f"training.num_negatives must be >= 0, got {num_negatives}")
+    if loss == "gist" and num_negatives > 1:  # GISTEmbedLoss reads (anchor, positive[, negative])
+        raise ConfigError(f"training.loss=gist takes at most one hard negative: set training.num_negatives=1 "
+                          f"(got {num_negatives})")
     return ["anchor", "positive", *(f"negative_{i}" for i in range(1, num_negatives + 1))]
 
 
