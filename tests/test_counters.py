@@ -32,9 +32,10 @@ def test_cold_cache_warm_cache_and_a_rerun_that_skips_everything(make_config, ov
     cache = tmp_path / "cache"
     cold = _run(make_config, tmp_path / "cold", cache, *overrides)
     assert cold["run"]["ran_now"] == STAGES
-    assert _stage_encodes(tmp_path / "cold") == {"baseline": 1, "mine": 0, "triplets": 0, "finetune": 0,
+    # the base model; the round-1 model, for the second round's mining (mining.rounds=2 by default); the final one
+    assert _stage_encodes(tmp_path / "cold") == {"baseline": 1, "mine": 0, "triplets": 0, "finetune": 1,
                                                  "evaluate": 1}
-    assert cold["cost"]["corpus_encodes"] == cold["cost"]["corpus_encodes_this_run"] == 2  # base, then tuned
+    assert cold["cost"]["corpus_encodes"] == cold["cost"]["corpus_encodes_this_run"] == 3
 
     warm = _run(make_config, tmp_path / "warm", cache, *overrides)  # same data, model and seed: same tuned weights
     assert warm["run"]["ran_now"] == STAGES
@@ -43,7 +44,7 @@ def test_cold_cache_warm_cache_and_a_rerun_that_skips_everything(make_config, ov
 
     again = _run(make_config, tmp_path / "cold", cache, *overrides)
     assert again["run"]["ran_now"] == []
-    assert again["cost"]["corpus_encodes"] == 2 and again["cost"]["corpus_encodes_this_run"] == 0
+    assert again["cost"]["corpus_encodes"] == 3 and again["cost"]["corpus_encodes_this_run"] == 0
     assert _summary_lines(again)[0].endswith("(corpus encodes this run: 0)")
 
 
@@ -58,4 +59,5 @@ def test_stages_that_miss_the_cache_count_what_they_encode(make_config, override
     evaluated = _run(make_config, run, tmp_path / "cache3", *overrides)
     assert evaluated["run"]["ran_now"] == ["finetune", "evaluate"]
     assert _stage_encodes(run)["evaluate"] == 2  # the base model's corpus vectors were gone too, not only the tuned
-    assert evaluated["cost"]["corpus_encodes_this_run"] == 2 and evaluated["cost"]["corpus_encodes"] == 4
+    # finetune: the round-1 model for round 2's mining; evaluate: the base and the final model
+    assert evaluated["cost"]["corpus_encodes_this_run"] == 3 and evaluated["cost"]["corpus_encodes"] == 5

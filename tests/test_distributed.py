@@ -203,7 +203,8 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
     train = ["-m", "train", "+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
              f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", "training.batch_size=2", "training.epochs=2",
              "training.num_negatives=1",  # the tiny data has only 2 rows with 3 mined negatives: less than 2 x 2
-             "training.eval_steps=1", "training.save_steps=1", "training.logging_steps=1"]
+             "training.eval_steps=1", "training.save_steps=1", "training.logging_steps=1",
+             "training.warmup=0"]  # no step at learning rate 0: each round's best checkpoint is a new model
     proc = subprocess.run(launch + train, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=150)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
@@ -211,11 +212,13 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
     assert report["run"]["ran_now"] == STAGES
     assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned"}
     assert "ndcg@10" in report["gap_closed"]
-    assert report["cost"]["corpus_encodes"] == 2  # the base and the tuned model, once each, not once per rank
+    # the base, the round-1 and the final model, once each, not once per rank
+    assert report["cost"]["corpus_encodes"] == 3
     # one DDP group: every step takes batch_size rows on each of the 2 ranks (drop_last); 2 lone copies
     # would each take ceil(rows / 2) steps an epoch
     training = report["training"]
-    assert training["global_step"] == 2 * (training["train_rows"] // (2 * 2)) > 0
+    assert [r["global_step"] for r in training["rounds"]] == [2 * (r["train_rows"] // (2 * 2)) for r in
+                                                             training["rounds"]] and training["global_step"] > 0
     # rank 0 alone ran the audit; both ranks ran (rank 0 published) the corpus stages and trained
     assert {s: out.count(f"stage {s}: running") for s in STAGES} == {**dict.fromkeys(STAGES, 2), "audit": 1}
     assert not [p for p in run.rglob(".*") if ".tmp-" in p.name]

@@ -10,7 +10,8 @@ def test_evaluate_scores_vector_formats_without_a_corpus_encode_and_reports_them
                                                                                  tmp_path):
     run = tmp_path / "run"
     args = ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}",
-            "training.batch_size=4", "training.epochs=1", "training.matryoshka_dims=[16]", "eval.hybrid.enabled=false"]
+            "training.batch_size=4", "training.epochs=1", "training.matryoshka_dims=[16]", "eval.hybrid.enabled=false",
+            "mining.rounds=1"]  # one round: the evaluate stage's one encode is then the tuned model's
     report = run_pipeline(RunContext(make_config(run, *args), run))
     rows = json.loads((run / "evaluate" / "formats.json").read_text())
     assert [(r["dims"], r["precision"], r["rescored"]) for r in rows] == [

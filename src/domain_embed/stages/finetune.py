@@ -129,6 +129,7 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
                        "best_dev_ndcg@10": result.best_dev_ndcg10,
                        "train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
                        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+                       "resumed_from": str(result.resumed_from) if result.resumed_from else None,
                        "mining": mining})
     if not distributed.is_main():  # every rank trained the same weights; rank 0 saves them
         return
@@ -143,7 +144,8 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
            "dev_queries": last["dev_queries"], "dev_corpus": last["dev_corpus"],
            "train_seconds": sum(r["train_seconds"] for r in rounds),
            "samples_per_second": last["samples_per_second"], "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
-           "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+           # where a killed run picked up: the first round that found a checkpoint (a later one, if any, was done)
+           "resumed_from": next((r["resumed_from"] for r in rounds if r["resumed_from"]), None),
            "rounds": rounds, "log_history": history}
     atomic_write_json(out / "train_log.json", log)
     plot_training(history, out / "training.png")
