@@ -17,7 +17,7 @@ from domain_embed.config import EvalConfig, FormatsConfig
 from domain_embed.data.domain import DomainData
 from domain_embed.errors import ConfigError
 from domain_embed.retrieval.evaluate import SystemResult, _score, truncate
-from domain_embed.retrieval.search import documents_by_best_window, search_documents
+from domain_embed.retrieval.search import documents_by_best_window, search_documents, windows_by_doc
 
 PRECISIONS = ("float32", "int8", "binary")
 
@@ -71,7 +71,7 @@ def rank_format(queries: np.ndarray, corpus: np.ndarray, parents: np.ndarray, da
         signs = _signs(stored, dims)
         first = search_documents(_signs(quantize_embeddings(q, "ubinary"), dims), signs, parents, n_docs,
                                  max(k, cfg.formats.rescore_depth), cfg.search)
-        indices, scores = _rescore(q, signs, parents, n_docs, first.indices, k)
+        indices, scores = _rescore(q, signs, parents, first.indices, k)
         backend = f"binary({first.backend})+rescore"
     else:
         raise ConfigError(f"eval.formats.precisions: unknown '{precision}' (known: {', '.join(PRECISIONS)})")
@@ -85,17 +85,16 @@ def _signs(packed: np.ndarray, dims: int) -> np.ndarray:
     return np.unpackbits(packed, axis=-1, count=dims).astype(np.float32) * 2 - 1
 
 
-def _rescore(queries: np.ndarray, signs: np.ndarray, parents: np.ndarray, n_docs: int, candidates: np.ndarray,
+def _rescore(queries: np.ndarray, signs: np.ndarray, parents: np.ndarray, candidates: np.ndarray,
              k: int) -> tuple[np.ndarray, np.ndarray]:
     """Re-ranks each query's candidate documents (-1: none) by fp32 query . +-1 window vector, a document scoring its
     best window, and keeps the top k. Against sentence-transformers' query . {0,1} bits this differs by the
     per-query constant sum(query), so the order is the same. Ties keep the first stage's order."""
-    order = np.argsort(parents, kind="stable")  # windows grouped by document
-    starts = np.searchsorted(parents[order], np.arange(n_docs + 1))
+    windows_of = windows_by_doc(parents)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     indices = np.full((len(queries), k), -1, dtype=np.int64)
     for row, (query, cand) in enumerate(zip(queries, candidates, strict=True)):
-        win = np.concatenate([order[starts[d]:starts[d + 1]] for d in cand[cand >= 0]] or [np.empty(0, np.int64)])
+        win = np.concatenate([windows_of[d] for d in cand[cand >= 0]] or [np.empty(0, np.int64)])
         docs, best = documents_by_best_window(signs[win] @ query, parents[win])
         n = min(k, len(docs))
         scores[row, :n], indices[row, :n] = best[:n], docs[:n]

@@ -306,6 +306,13 @@ def _torch_searcher(corpus, cfg: SearchConfig, *, device: str, timings: dict[str
     return search_block, label
 
 
+def windows_by_doc(parents: np.ndarray) -> list[np.ndarray]:
+    """Each document's window positions, in window order."""
+    order = np.argsort(parents, kind="stable")
+    bounds = np.searchsorted(parents[order], np.arange(int(parents.max()) + 2))
+    return [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+
 def documents_by_best_window(window_scores: np.ndarray, window_docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A document scores its best window: the one rule that evaluation and mining share.
 

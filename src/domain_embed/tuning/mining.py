@@ -17,7 +17,7 @@ import numpy as np
 from domain_embed.config import MiningConfig
 from domain_embed.data.domain import Qrels
 from domain_embed.errors import ConfigError, DataError
-from domain_embed.retrieval.search import documents_by_best_window, search_documents
+from domain_embed.retrieval.search import documents_by_best_window, search_documents, windows_by_doc
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +223,6 @@ def _first_rule(rank: int, doc_id: str, score: float, cfg: MiningConfig, labelle
     if cfg.relative_margin is not None and score > floor * (1 - cfg.relative_margin):
         return "relative_margin"
     return None
-
-
-def windows_by_doc(parents: np.ndarray) -> list[np.ndarray]:
-    order = np.argsort(parents, kind="stable")
-    bounds = np.searchsorted(parents[order], np.arange(int(parents.max()) + 2))
-    return [order[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
 
 
 def _doc_scores(query: np.ndarray, window_emb: np.ndarray, parents: np.ndarray, windows_of: list[np.ndarray],

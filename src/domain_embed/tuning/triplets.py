@@ -11,7 +11,8 @@ import hashlib
 import numpy as np
 from datasets import Dataset
 
-from domain_embed.tuning.mining import MiningResult, best_window, windows_by_doc
+from domain_embed.retrieval.search import windows_by_doc
+from domain_embed.tuning.mining import MiningResult, best_window
 
 COLUMNS = ("query_id", "query", "positive_id", "positive", "positive_score", "negative_ids", "negatives",
            "negative_scores", "split")
