@@ -86,3 +86,6 @@ def test_second_round_mines_with_the_tuned_model_and_never_picks_a_labelled_posi
     # base model once (baseline), the round-1 model once (round-2 mining), the final model once (evaluate)
     assert json.loads((run / "finetune" / "manifest.json").read_text())["cost"]["corpus_encodes"] == 1
     assert report["cost"]["corpus_encodes"] == 3
+    md = (run / "report.md").read_text()
+    assert "re-mined with the previous round's model" in md
+    assert f"| 2 | {len(data['train'])} | {log['rounds'][1]['global_step']} |" in md

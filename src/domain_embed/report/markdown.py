@@ -86,6 +86,21 @@ def compare_table(c: dict) -> str:
                   "docs over window", "docs/s", "GB / 1M docs (fp32)", "hours to re-encode 1M", "licence"], rows)
 
 
+def _rounds(rounds: list[dict]) -> str:
+    """`mining.rounds` > 1: what each round trained on; round 1's mining is the mine stage's (## Hard negatives)."""
+    rows = []
+    for r in rounds:
+        m = r["mining"]
+        mined = ([str(m["negatives_chosen"]), str(m["dropped_by_rule"]["labelled_positive"]),
+                  str(m["dropped_by_rule"]["relative_margin"])] if m else ["stage `mine`"] * 3)
+        rows.append([str(r["round"]), str(r["train_rows"]), str(r["global_step"]),
+                     _or_dash(r["best_dev_ndcg@10"], ".4f"), *mined])
+    return ("Each round after the first re-mined with the previous round's model (same rules; "
+            "`finetune/round<r>/`) and trained it again:\n\n"
+            + table(["round", "triplets", "steps", "best dev nDCG@10", "negatives chosen",
+                     "dropped: labelled positive", "dropped: relative margin"], rows))
+
+
 def _or_dash(value, spec: str = "") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -178,6 +193,8 @@ def render_markdown(report: dict) -> str:
         out += ["", "## Training", "", f"{t['train_rows']} triplets, {t['global_step']} steps, "
                 f"{t['samples_per_second']:.1f} samples/s; best dev nDCG@10 {_or_dash(t['best_dev_ndcg@10'], '.4f')} "
                 f"({t['dev_queries']} dev queries, {t['dev_corpus']} dev documents)."]
+        if len(t.get("rounds", [])) > 1:
+            out += ["", _rounds(t["rounds"])]
     skipped = report.get("not_run", {})
     checks = (("mrl", "Matryoshka dimensions", _mrl), ("ood", "Forgetting check (another domain)", _ood),
               ("formats", "Vector formats", _formats))
