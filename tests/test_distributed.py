@@ -222,6 +222,7 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
     # rank 0 alone ran the audit; both ranks ran (rank 0 published) the corpus stages and trained
     assert {s: out.count(f"stage {s}: running") for s in STAGES} == {**dict.fromkeys(STAGES, 2), "audit": 1}
     assert not [p for p in run.rglob(".*") if ".tmp-" in p.name]
+    assert out.count(f"report: {run / 'report.md'}") == 1  # the summary is said once, by rank 0
 
 
 @pytest.mark.parametrize(("name", "kind", "machines"), [("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 1),

@@ -112,9 +112,9 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
         if exc.errno not in _WRITE_ERRNOS or dcfg.get("verbose"):
             raise
         _fail(f"{exc.filename or 'output'}: {exc.strerror}")
-    for line in _summary_lines(report):
-        log.info(line)
-    if distributed.is_main():
+    if distributed.is_main():  # every rank holds rank 0's report: it is said once
+        for line in _summary_lines(report):
+            log.info(line)
         attempts.promote(Path(cfg.run_dir), f"{HydraConfig.get().job.name}.log")
     # returned for sweepers (e.g. optuna): the dev metric, so hyperparameters are never tuned on test
     return report.get("training", {}).get("best_dev_ndcg@10")
