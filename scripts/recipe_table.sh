@@ -5,7 +5,8 @@
 #    audit/baseline/mine/triplets, and OUT_DIR/sweep/sweep_summary.md ranks them by dev nDCG@10.
 # 2. The first of that ranking, and only it, is evaluated on test once, in its own job folder: its fine-tuned
 #    model is reused (the finetune key does not depend on the evaluated split); baseline and evaluate rerun.
-# PYTHON (default .venv/bin/python, else python3) runs `-m train`; RECIPES overrides the list of recipes.
+# PYTHON (default .venv/bin/python, else python3) runs `-m train`; RECIPES overrides the list of recipes, DOMAIN
+# the domain (default legal).
 set -euo pipefail
 OUT=${1:?usage: recipe_table.sh OUT_DIR [override ...]}
 shift
@@ -14,7 +15,7 @@ PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo pyth
 RECIPES=${RECIPES:-$(ls conf/recipe | sed 's/\.yaml$//' | paste -sd, -)}
 SWEEP="$OUT/sweep"
 if [ ! -f "$SWEEP/sweep_summary.json" ]; then  # a finished table is not redone; a killed one resumes its jobs
-  "$PYTHON" -m train -m +domain=legal tracking=none eval.split=dev "hydra.sweep.dir=$SWEEP" "+recipe=$RECIPES" "$@"
+  "$PYTHON" -m train -m "+domain=${DOMAIN:-legal}" tracking=none eval.split=dev "hydra.sweep.dir=$SWEEP" "+recipe=$RECIPES" "$@"
 fi
 read -r JOB OVERRIDES < <("$PYTHON" - "$SWEEP/sweep_summary.json" <<'PY'
 import json, sys
