@@ -1,9 +1,17 @@
+import itertools
+
 import numpy as np
 import pytest
 
 from domain_embed.config import ModelConfig
 from domain_embed.errors import ConfigError, ModelLoadError
-from domain_embed.retrieval.embed import Embedder, resolve_encode_dtype, resolve_model_location
+from domain_embed.retrieval.embed import (
+    Embedder,
+    encode_order,
+    resolve_encode_dtype,
+    resolve_model_location,
+    shard_bounds,
+)
 
 
 def _embedder(path, cache, **kw):
@@ -154,3 +162,21 @@ def test_non_finite_half_precision_vectors_are_refused_not_cached(tiny_model, tm
 def test_unknown_encode_dtype_is_a_clear_config_error(tiny_model):
     with pytest.raises(ConfigError, match=r"model\.encode_dtype 'fp64' \(expected auto, fp32, bf16 or fp16\)"):
         _embedder(tiny_model, None, encode_dtype="fp64")
+
+
+def test_shards_hold_texts_of_about_one_length_and_alternate_long_and_short(tiny_model, tmp_path):
+    """A shard of random rows would pad every batch to its longest text; ranks take contiguous runs of shards."""
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["word"] * int(n)) for n in rng.integers(1, 60, size=2000)]
+    order, bounds = encode_order(texts), shard_bounds(len(texts))
+    assert sorted(order.tolist()) == list(range(len(texts)))
+    lengths = [[len(texts[i]) for i in order[lo:hi]] for lo, hi in bounds]
+    assert all(s == sorted(s, reverse=True) for s in lengths)  # longest first within a shard
+    assert max(lengths[0]) >= max(lengths[2]) > max(lengths[3]) > max(lengths[1])  # longest, short, long, ...
+    ranges = sorted((min(s), max(s)) for s in lengths)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))  # shards' lengths do not overlap
+    halves = [sum(map(sum, lengths[: len(lengths) // 2])), sum(map(sum, lengths[len(lengths) // 2:]))]
+    assert abs(halves[0] - halves[1]) < 0.15 * sum(halves)  # two ranks get about even work
+    embedder = _embedder(tiny_model, tmp_path)
+    np.testing.assert_allclose(embedder.encode_documents(texts[:300]),
+                               embedder.model.encode(texts[:300], normalize_embeddings=True), atol=1e-5)

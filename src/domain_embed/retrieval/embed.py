@@ -105,6 +105,18 @@ def shard_bounds(n: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
 
 
+def encode_order(texts: list[str]) -> np.ndarray:
+    """The row order the shards follow (shard [lo, hi) encodes texts[order[lo:hi]]), a function of the texts alone.
+    Longest first, so that a batch pads to texts of about its own length (contiguous row ranges would pad every
+    batch to its longest text: 1.4x the tokens at batch 64 on ObliQA, 3x at batch 256); the full shards alternate
+    long and short, so that a contiguous run of shards, a rank's share, gets about an even part of the work."""
+    by_length = np.argsort([-len(t) for t in texts], kind="stable")
+    chunks = [by_length[lo:hi] for lo, hi in shard_bounds(len(texts))]
+    full = chunks[:-1] if len(chunks) > 1 and len(chunks[-1]) < len(chunks[0]) else chunks
+    alternating = [full[i // 2] if i % 2 == 0 else full[-1 - i // 2] for i in range(len(full))]
+    return np.concatenate([*alternating, *chunks[len(full):]]) if chunks else by_length
+
+
 def _is_entry(final: Path) -> bool:
     return (final / "meta.json").exists()
 
@@ -200,12 +212,14 @@ class Embedder:
     def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
         """Cached: rank 0 decides hit or miss for every rank. On a miss each rank encodes its unfinished shards (all
         of them in a single process), rank 0 assembles the entry while the others wait, and every rank reads it."""
-        bounds = shard_bounds(len(texts))
+        bounds, order = shard_bounds(len(texts)), encode_order(texts)
+        ordered = [texts[i] for i in order]
         if self.cache_dir is None:  # nothing to resume or share: this process encodes everything
             out = np.empty((len(texts), self.dim), dtype=self.cache_dtype)
             t0, bar = time.perf_counter(), self._bar(what, len(texts))
             for lo, hi in bounds:
-                self._compute(texts[lo:hi], prompt, out[lo:hi], bar)
+                out[order[lo:hi]] = self._compute(ordered[lo:hi], prompt,
+                                                  np.empty((hi - lo, self.dim), dtype=self.cache_dtype), bar)
             bar.close()
             self._count(what, bounds, len(bounds), time.perf_counter() - t0)
             return out
@@ -227,10 +241,11 @@ class Embedder:
         if shown:
             progress()
         t0 = time.perf_counter()
-        distributed.gather(lambda: self._encode_shards(texts, prompt, todo, shards, bar, shown), while_waiting=shown)
+        distributed.gather(lambda: self._encode_shards(ordered, prompt, todo, shards, bar, shown),
+                           while_waiting=shown)
         bar.close()
         self._count(what, todo, len(bounds), time.perf_counter() - t0)
-        distributed.main_only(self._assemble)(final, shards, bounds, prompt, what)
+        distributed.main_only(self._assemble)(final, shards, bounds, order, prompt, what)
         return np.load(final / "embeddings.npy", mmap_mode="r")
 
     def _bar(self, what: str, total: int) -> tqdm:
@@ -238,28 +253,30 @@ class Embedder:
         return tqdm(total=total, desc=f"encode {what}", unit="text",
                     disable=not (self.show_progress and distributed.is_main()))
 
-    def _encode_shards(self, texts: list[str], prompt: str, todo: list[tuple[int, int]], shards: Path, bar: tqdm,
+    def _encode_shards(self, ordered: list[str], prompt: str, todo: list[tuple[int, int]], shards: Path, bar: tqdm,
                        progress: Callable[[], None] | None) -> None:
-        """Publishes each shard whole (`publish_dir`), so a killed encode leaves only finished shards behind."""
+        """Publishes each shard whole (`publish_dir`), so a killed encode leaves only finished shards behind.
+        `ordered`: the texts in `encode_order`."""
         for lo, hi in todo:
             with publish_dir(_shard(shards, lo, hi)) as tmp:
                 out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
                                                 shape=(hi - lo, self.dim))
-                self._compute(texts[lo:hi], prompt, out, bar)
+                self._compute(ordered[lo:hi], prompt, out, bar)
                 out.flush()
                 del out
             if progress:
                 progress()
 
-    def _assemble(self, final: Path, shards: Path, bounds: list[tuple[int, int]], prompt: str, what: str) -> None:
-        """The entry from its shards, in order (the same bytes whoever encoded them); of two writers of this key the
-        first to finish wins. The shards go once the entry is in place."""
+    def _assemble(self, final: Path, shards: Path, bounds: list[tuple[int, int]], order: np.ndarray, prompt: str,
+                  what: str) -> None:
+        """The entry from its shards, each row back at its text's position (the same bytes whoever encoded them); of
+        two writers of this key the first to finish wins. The shards go once the entry is in place."""
         n = bounds[-1][1] if bounds else 0
         with publish_dir(final) as tmp:
             out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
                                             shape=(n, self.dim))
             for lo, hi in bounds:
-                out[lo:hi] = np.load(_shard(shards, lo, hi) / "embeddings.npy", mmap_mode="r")
+                out[order[lo:hi]] = np.load(_shard(shards, lo, hi) / "embeddings.npy", mmap_mode="r")
             out.flush()
             del out
             meta = {"model": self.location, "fingerprint": self.fingerprint, "n": n, "dim": self.dim,
@@ -284,15 +301,15 @@ class Embedder:
         return int(self.model.get_embedding_dimension())
 
     def _compute(self, texts: list[str], prompt: str, out: np.ndarray, bar: tqdm) -> np.ndarray:
-        """Encodes longest-first in blocks (less padding, early OOM), writing rows in place. Vectors leave the model
-        as float32 and are normalised there, so a half-precision encode still stores unit-length vectors."""
+        """Encodes in blocks (texts come longest first, `encode_order`: less padding, an early OOM), writing rows in
+        place. Vectors leave the model as float32 and are normalised there, so a half-precision encode still stores
+        unit-length vectors."""
         import torch
 
         t0 = time.perf_counter()
-        order = np.argsort([-len(t) for t in texts], kind="stable")
         for start in range(0, len(texts), _ENCODE_BLOCK):
-            idx = order[start:start + _ENCODE_BLOCK]
-            emb = self.model.encode([texts[i] for i in idx], prompt=prompt or None, batch_size=self.batch_size,
+            idx = slice(start, start + _ENCODE_BLOCK)
+            emb = self.model.encode(texts[idx], prompt=prompt or None, batch_size=self.batch_size,
                                     convert_to_tensor=True, show_progress_bar=False).float()
             if self.encode_dtype != "fp32" and not torch.isfinite(emb).all():  # half overflows in some models
                 raise ConfigError(f"{self.location} gave non-finite embeddings with model.encode_dtype="
@@ -300,7 +317,7 @@ class Embedder:
             if self.cfg.normalize:
                 emb = torch.nn.functional.normalize(emb, dim=1)
             out[idx] = emb.cpu().numpy().astype(self.cache_dtype, copy=False)
-            bar.update(len(idx))
+            bar.update(len(emb))
         self.stats.seconds += time.perf_counter() - t0
         return out
 
