@@ -39,6 +39,19 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
     per_query = json.loads((run / "evaluate" / "per_query.json").read_text())
     assert "hybrid_tuned" in per_query["systems"] and (run / "evaluate" / "ranking_hybrid_tuned.npz").exists()
     assert (run / "baseline" / "ranking_hybrid_base.npz").exists()
+    # hybrid_base is scored once, by the baseline stage: the tuned systems are compared with its per-query values
+    ev = json.loads((run / "evaluate" / "metrics.json").read_text())
+    base = json.loads((run / "baseline" / "per_query.json").read_text())
+    assert "hybrid_base" not in ev["systems"] and not (run / "evaluate" / "ranking_hybrid_base.npz").exists()
+    assert base["qids"] == per_query["qids"]
+    values = per_query["systems"]["hybrid_tuned"]["ndcg@10"], base["systems"]["hybrid_base"]["ndcg@10"]
+    assert ev["comparisons"]["hybrid_tuned-vs-hybrid_base"]["ndcg@10"]["delta"] == pytest.approx(
+        (sum(values[0]) - sum(values[1])) / len(values[0]), abs=1e-9)
+    # and the dev split, where the recommendation is chosen, is written the same way
+    dev = json.loads((run / "evaluate" / "dev" / "metrics.json").read_text())
+    assert dev["split"] == "dev" and set(dev["systems"]) == {"baseline", "tuned", "bm25", "hybrid_tuned"}
+    assert set(ev["comparisons"]) == set(dev["comparisons"]) and (run / "evaluate" / "dev" /
+                                                                   "ranking_hybrid_tuned.npz").exists()
     gap = report["gap_closed"]["ndcg@10"]
     assert gap["delta"] == pytest.approx(report["metrics"]["tuned"]["ndcg@10"] - report["metrics"]["baseline"]
                                          ["ndcg@10"], abs=1e-9)

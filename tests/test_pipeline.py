@@ -49,6 +49,15 @@ def test_audit_and_baseline_write_the_report(make_config, overrides, tmp_path):
     assert how["dev_split"] == "dev" and how["dev_metric"] == "ndcg@10" and len(how["grid"]) == 10
     assert how["dev_value"] == max(g["value"] for g in how["grid"]) and how["method"] in ("rrf", "convex")
     assert "## Hybrid retrieval (BM25 + dense model)" in md and "| hybrid_base |" in md
+    # every system is scored on dev too (where the recommendation is chosen), written as for the evaluated split
+    for split, folder in (("test", tmp_path / "run" / "baseline"), ("dev", tmp_path / "run" / "baseline" / "dev")):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        per_query = json.loads((folder / "per_query.json").read_text())
+        assert metrics["split"] == split and set(metrics["systems"]) == {"baseline", "bm25", "hybrid_base"}
+        assert {"bm25-vs-baseline", "hybrid_base-vs-baseline", "hybrid_base-vs-bm25"} == set(metrics["comparisons"])
+        assert len(per_query["qids"]) == metrics["n_queries"] and set(per_query["systems"]) == set(metrics["systems"])
+        assert all((folder / f"ranking_{s}.npz").exists() for s in metrics["systems"])
+    assert not (tmp_path / "run" / "baseline" / "dev" / "dev").exists()
     assert md.splitlines()[2] == f"**Recommendation: BM25** (`bm25`), {rec['reason']}."
 
 
