@@ -18,7 +18,7 @@ def _data(qrels: dict) -> DomainData:
 def _systems(data: DomainData, cfg: EvalConfig, split: str):
     """Identical rankings on every split: dense prefers d0, BM25 prefers d2, both put d1 in the middle."""
     dense = _score("tuned", data, split, np.array([[0, 1, 2]]), np.array([[1.0, 0.5, 0.0]]), "torch", cfg.k_values)
-    sparse = _score("bm25", data, split, np.array([[2, 1, 0]]), np.array([[10.0, 5.0, 0.0]]), "bm25s",
+    sparse = _score("bm25", data, split, np.array([[2, 1, 0]]), np.array([[10.0, 5.0, 1.0]]), "bm25s",
                     cfg.k_values)
     return dense, sparse
 
