@@ -39,22 +39,42 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
     per_query = json.loads((run / "evaluate" / "per_query.json").read_text())
     assert "hybrid_tuned" in per_query["systems"] and (run / "evaluate" / "ranking_hybrid_tuned.npz").exists()
     assert (run / "baseline" / "ranking_hybrid_base.npz").exists()
+    # hybrid_base is scored once, by the baseline stage: the tuned systems are compared with its per-query values
+    ev = json.loads((run / "evaluate" / "metrics.json").read_text())
+    base = json.loads((run / "baseline" / "per_query.json").read_text())
+    assert "hybrid_base" not in ev["systems"] and not (run / "evaluate" / "ranking_hybrid_base.npz").exists()
+    assert base["qids"] == per_query["qids"]
+    values = per_query["systems"]["hybrid_tuned"]["ndcg@10"], base["systems"]["hybrid_base"]["ndcg@10"]
+    assert ev["comparisons"]["hybrid_tuned-vs-hybrid_base"]["ndcg@10"]["delta"] == pytest.approx(
+        (sum(values[0]) - sum(values[1])) / len(values[0]), abs=1e-9)
+    # and the dev split, where the recommendation is chosen, is written the same way
+    dev = json.loads((run / "evaluate" / "dev" / "metrics.json").read_text())
+    assert dev["split"] == "dev" and set(dev["systems"]) == {"baseline", "tuned", "bm25", "hybrid_tuned"}
+    assert set(ev["comparisons"]) == set(dev["comparisons"]) and (run / "evaluate" / "dev" /
+                                                                   "ranking_hybrid_tuned.npz").exists()
     gap = report["gap_closed"]["ndcg@10"]
     assert gap["delta"] == pytest.approx(report["metrics"]["tuned"]["ndcg@10"] - report["metrics"]["baseline"]
                                          ["ndcg@10"], abs=1e-9)
     assert gap["ci95"][0] <= gap["delta"] <= gap["ci95"][1] and 0 < gap["p_value"] <= 1
     assert isinstance(report["decision"]["adopt_tuned"], bool) and report["decision"]["reason"]
     assert set(report["mrl"]) == {"32", "16"} and "delta" in report["ood"] and "not_run" not in report
+    assert report["metrics"]["hybrid_base"] == json.loads((run / "baseline" / "metrics.json").read_text())[
+        "systems"]["hybrid_base"]  # one hybrid_base, the baseline stage's
+    # chosen on dev, with the decision; then reported once on test
     rec = report["recommendation"]
     pairs = {(e["a"], e["b"]) for e in rec["compared"]}
-    assert rec["system"] in report["metrics"]
+    assert rec["system"] in report["metrics"] and rec["split"] == report["decision"]["split"] == "dev"
+    assert report["decision"]["adopt_tuned"] == (rec["system"] in ("tuned", "hybrid_tuned"))
+    assert rec["test"]["mean"] == report["metrics"][rec["system"]]["recall@10"] and "agrees" in rec["test"]
+    assert set(report["dev"]["metrics"]) == set(report["metrics"]) and rec["tuned_vs_bm25"]
     assert {("bm25", "baseline"), ("tuned", "baseline"), ("tuned", "bm25"), ("hybrid_tuned", "hybrid_base")} <= pairs
     assert report["training"]["global_step"] > 0 and report["training"]["best_dev_ndcg@10"] is not None
     for name in ("before_after", "recall_at_k", "mrl"):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000
     assert (run / "finetune" / "training.png").exists()
     md = (run / "report.md").read_text()
-    assert "Gap closed by fine-tuning" in md and "**Decision, tuned vs base model only" in md and "| tuned |" in md
+    assert "Gap closed by fine-tuning" in md and "| tuned |" in md
+    assert "**Decision on the tuned model (the article's rule, tuned vs base on the dev split): " in md
     assert md.index("**Recommendation: ") < md.index("## Retrieval quality")
     assert re.search(r"best dev nDCG@10 \d\.\d{4} \(", md)  # rounded, not 0.7980940976802945
     assert (f"{cfg.mining.num_negatives} negatives mined per pair" in md

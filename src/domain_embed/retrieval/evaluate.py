@@ -106,22 +106,28 @@ def fusion_options(h: HybridConfig) -> list[Fusion]:
     return rrf + convex
 
 
-def hybrid_splits(cfg: EvalConfig, data: DomainData) -> tuple[list[str], str | None]:
-    """The splits a hybrid's inputs are ranked on (the evaluated one, and dev when a setting is chosen there), or
-    none and the reason no hybrid is scored, with the key that changes it."""
+def scored_splits(cfg: EvalConfig, data: DomainData) -> list[str]:
+    """The splits every system is scored on: the evaluated one, and dev where the data has it and it is not the
+    evaluated one (the recommendation is chosen on dev; the evaluated split only reports its figures)."""
+    return [cfg.split] + ([DEV_SPLIT] if DEV_SPLIT in data.qrels and cfg.split != DEV_SPLIT else [])
+
+
+def hybrid_skipped(cfg: EvalConfig, data: DomainData) -> str | None:
+    """Why no hybrid is scored, with the key that changes it; None when one is (its fusion fixed by the config, or
+    chosen on the dev split that `scored_splits` then ranks)."""
     h = cfg.hybrid
     if not h.enabled:
-        return [cfg.split], "`eval.hybrid.enabled` is false"
+        return "`eval.hybrid.enabled` is false"
     if not cfg.bm25.enabled:
-        return [cfg.split], "`eval.bm25.enabled` is false, and a hybrid fuses BM25 with a dense model"
+        return "`eval.bm25.enabled` is false, and a hybrid fuses BM25 with a dense model"
     if len(fusion_options(h)) == 1:
-        return [cfg.split], None
+        return None
     fixed = "or fix the fusion (`eval.hybrid.method=rrf`, or `method=convex` with `eval.hybrid.alpha`)"
     if cfg.split == DEV_SPLIT:
-        return [cfg.split], f"the fusion is chosen on the dev split, which is the evaluated split here; {fixed}"
+        return f"the fusion is chosen on the dev split, which is the evaluated split here; {fixed}"
     if DEV_SPLIT not in data.qrels:
-        return [cfg.split], f"no dev split to choose the fusion on (never the evaluated split): add one, {fixed}"
-    return [cfg.split, DEV_SPLIT], None
+        return f"no dev split to choose the fusion on (never the evaluated split): add one, {fixed}"
+    return None
 
 
 def _fused(name: str, fusion: Fusion, dense: SystemResult, sparse: SystemResult, data: DomainData, split: str,
@@ -134,9 +140,11 @@ def _fused(name: str, fusion: Fusion, dense: SystemResult, sparse: SystemResult,
 
 
 def evaluate_hybrid(name: str, dense: Mapping[str, SystemResult], sparse: Mapping[str, SystemResult],
-                    data: DomainData, cfg: EvalConfig, fusion: Fusion | None = None) -> tuple[SystemResult, dict]:
-    """The fused system on `cfg.split` and how it was fused: `fusion`, else the one option the config leaves, else
-    the best option on the dev split by `cfg.primary_metric` (first in `fusion_options` order on a tie)."""
+                    data: DomainData, cfg: EvalConfig, fusion: Fusion | None = None
+                    ) -> tuple[dict[str, SystemResult], dict]:
+    """The fused system on every split both sides were ranked on, and how it was fused: `fusion`, else the one
+    option the config leaves, else the best option on the dev split by `cfg.primary_metric` (first in
+    `fusion_options` order on a tie); so its dev figures are those of the setting chosen there."""
     options = [fusion] if fusion is not None else fusion_options(cfg.hybrid)
     grid = []
     if len(options) > 1:
@@ -149,4 +157,5 @@ def evaluate_hybrid(name: str, dense: Mapping[str, SystemResult], sparse: Mappin
     info = {**asdict(chosen), "depth": cfg.hybrid.depth, "dev_split": DEV_SPLIT if grid else None,
             "dev_metric": cfg.primary_metric, "dev_value": max(g["value"] for g in grid) if grid else None,
             "grid": grid}
-    return _fused(name, chosen, dense[cfg.split], sparse[cfg.split], data, cfg.split, cfg), info
+    return {split: _fused(name, chosen, dense[split], sparse[split], data, split, cfg)
+            for split in dense if split in sparse}, info

@@ -1,9 +1,10 @@
 """Stage `evaluate`: the tuned model and its hybrid with BM25 (`hybrid_tuned`) on the held-out split, with the same
 evaluator and cache as the baseline (one corpus encode for the tuned model; the base model's vectors come from the
 cache, or are re-encoded and counted when it was emptied), Matryoshka dimensions, and a forgetting check on another
-domain. `hybrid_base` is re-scored with the fusion the baseline stage chose, for the paired comparisons with the
-tuned systems; the tuned model's vector formats (precision x dims) are scored from its cached vectors. Writes
-evaluate/metrics.json, per_query.json, mrl.json, ood.json and formats.json."""
+domain. `hybrid_base` is scored once, by the baseline stage: its paired comparisons with the tuned systems read the
+baseline's per-query values. The tuned model's vector formats (precision x dims) are scored from its cached vectors.
+Writes evaluate/metrics.json, per_query.json, mrl.json, ood.json and formats.json, and the dev split's
+metrics.json, per_query.json and rankings under evaluate/dev/ as the baseline stage does."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from pathlib import Path
 from domain_embed.context import RunContext
 from domain_embed.data.chunking import Windows
 from domain_embed.data.loader import load_domain_data
-from domain_embed.retrieval.evaluate import evaluate_dense, evaluate_hybrid, hybrid_splits, rank_bm25, rank_dense
+from domain_embed.retrieval.evaluate import evaluate_dense, hybrid_skipped, rank_bm25, rank_dense, scored_splits
 from domain_embed.retrieval.formats import format_grid, rank_format
-from domain_embed.retrieval.fusion import Fusion
-from domain_embed.rundir import atomic_write_json, read_json
+from domain_embed.rundir import atomic_write_json
 from domain_embed.stages.base import Stage, register
-from domain_embed.stages.baseline import add_hybrid, write_results
+from domain_embed.stages.baseline import add_hybrid, read_per_query, split_dir, write_splits
 from domain_embed.stages.finetune import trained_model_path
 
 _SHOWN = ("ndcg@10", "recall@10", "mrr@10")
@@ -43,23 +43,25 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     e, use_title = cfg.eval, cfg.data.use_title
     grid = format_grid(e.formats, tuned.dim, cfg.training.matryoshka_dims) if e.formats.enabled else []
     split = e.split
-    splits, skipped = hybrid_splits(e, data)
+    splits, skipped = scored_splits(e, data), hybrid_skipped(e, data)
     depth = e.hybrid.depth if skipped is None else 0
-    base = rank_dense("baseline", ctx.embedder, data, windows, [split], e, use_title, depth=depth)
+    base = rank_dense("baseline", ctx.embedder, data, windows, splits, e, use_title)
     dense = rank_dense("tuned", tuned, data, windows, splits, e, use_title, depth=depth)
-    results, pairs, hybrid, sparse = [base[split], dense[split]], [("tuned", "baseline")], {}, None
+    results, pairs, hybrid, sparse = {s: [base[s], dense[s]] for s in splits}, [("tuned", "baseline")], {}, None
     if e.bm25.enabled:
         sparse = rank_bm25(data, splits, e, use_title, depth=depth)
-        results.append(sparse[split])
+        for s in splits:
+            results[s].append(sparse[s])
         pairs.append(("tuned", "bm25"))
+    reference = {}
     if add_hybrid("hybrid_tuned", dense, sparse, skipped, ctx, results, hybrid):
         pairs += [("hybrid_tuned", "tuned"), ("hybrid_tuned", "bm25"), ("hybrid_tuned", "baseline")]
-        chosen = read_json(ctx.run_dir.stage_dir("baseline") / "metrics.json").get("hybrid", {}).get("hybrid_base")
-        if chosen and "skipped" not in chosen:
-            fusion = Fusion(chosen["method"], chosen["alpha"], chosen["rrf_k"])
-            results.append(evaluate_hybrid("hybrid_base", base, sparse, data, e, fusion)[0])
+        stored = {s: read_per_query(split_dir(ctx.run_dir.stage_dir("baseline"), s, ctx), "hybrid_base")
+                  for s in splits}
+        if all(v is not None for v in stored.values()):
+            reference = {s: {"hybrid_base": v} for s, v in stored.items()}
             pairs += [("hybrid_base", "tuned"), ("hybrid_tuned", "hybrid_base")]
-    write_results(out, results, ctx, pairs, hybrid)
+    write_splits(out, results, ctx, pairs, hybrid, reference)
 
     mrl = {}
     for dims in sorted(cfg.training.matryoshka_dims, reverse=True):
