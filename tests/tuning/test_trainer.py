@@ -137,11 +137,23 @@ def test_training_arguments_reject_bad_configs(tmp_path, overrides, has_dev, mes
         training_arguments(_cfg(**overrides), tmp_path, seed=0, columns=["anchor"], has_dev=has_dev)
 
 
-def test_gradient_checkpointing_reaches_the_model(tiny_model, tmp_path):
-    """tests/test_lowest_pins.py checks the same under the oldest transformers and sentence-transformers."""
+def _layer_forwards(tiny_model, tmp_path, checkpointing: bool) -> int:
+    """Training-mode forward calls of the first transformer layer's attention over 2 steps (the model card's
+    widget examples encode in eval mode)."""
     model = _load(tiny_model)
-    train_model(model, _triplets(8), None, _cfg(max_steps=1, gradient_checkpointing=True), tmp_path, seed=0)
-    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    attention = model.transformers_model.encoder.layer[0].attention
+    calls = []
+    attention.register_forward_hook(lambda module, *_: calls.append(1) if module.training else None)
+    train_model(model, _triplets(16), None, _cfg(max_steps=2, gradient_checkpointing=checkpointing), tmp_path,
+                seed=0)
+    return len(calls)
+
+
+def test_gradient_checkpointing_recomputes_the_layers_in_the_backward_pass(tiny_model, tmp_path):
+    """tests/test_lowest_pins.py checks the flag under the oldest transformers and sentence-transformers."""
+    plain = _layer_forwards(tiny_model, tmp_path / "plain", checkpointing=False)
+    assert plain >= 2  # each step encodes its texts at least once
+    assert _layer_forwards(tiny_model, tmp_path / "checkpointed", checkpointing=True) == 2 * plain
 
 
 def test_dataset_and_config_mismatches_fail_before_training(tiny_model, tmp_path):
