@@ -128,7 +128,8 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
         _check_rows(train, training)
         result = train_model(model, train, dev, training, work if r == 1 else work / f"round{r}", seed=cfg.seed,
                              guide=guide, report_to=trainer_report_to(cfg.tracking), device=cfg.device,
-                             query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt)
+                             query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt,
+                             dev_batch_size=cfg.eval.batch_size)
         history += [{**row, "round": r} for row in result.log_history]
         rounds.append({"round": r, "train_rows": len(train), "dev_queries": len(dev.queries) if dev else 0,
                        "dev_corpus": len(dev.corpus) if dev else 0, "global_step": result.global_step,
