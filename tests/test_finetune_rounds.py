@@ -2,6 +2,7 @@
 round's model is published only if it beats the round before it on that set."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -61,6 +62,8 @@ def test_a_second_round_is_kept_only_if_it_beats_the_first_on_the_same_dev_set(
         assert same_as_round1
         assert "**Round 1's model is the published one** (a round that did not beat it ends the rounds" in md
         assert "| 2 | " in md and "| no |" in md
+        # the published model's corpus vectors were cached by round 2's mining: evaluate encodes nothing new
+        assert json.loads((run / "evaluate" / "manifest.json").read_text())["cost"]["corpus_encodes"] == 0
     else:
         assert [r["kept"] for r in rounds][:2] == [True, True] and len(rounds) == 3
         assert training["kept_round"] == (3 if rounds[2]["kept"] else 2)
