@@ -2,9 +2,10 @@
 
 One process, the same triplets, model and loss (MiniLM, MNRL). The bare side writes out by hand the training
 arguments `training_arguments` derives from the `TrainingConfig`: a checkpoint at the end (save_strategy=steps),
-weight decay, warmup fraction, precision, the no-duplicates batch sampler, seeds; the script stops if the two
-argument sets differ in anything but their output folder. Runs alternate (see benchlib); each is timed from a
-loaded model to the end of `train()`, the final checkpoint included.
+weight decay, warmup fraction, precision, the hashed no-duplicates batch sampler, fused AdamW, loader workers, seeds;
+the script stops if the two argument sets differ in anything but their output folder (on CUDA ours also pads batches
+to a multiple of 8 tokens and trains with TF32 matmuls, outside the arguments). Runs alternate (see benchlib); each
+is timed from a loaded model to the end of `train()`, the final checkpoint included.
 
     python scripts/bench_train.py --data ../shared/data/legal/obliqa --steps 10
     python scripts/bench_train.py --triplets path/to/save_to_disk_dir   # anchor, positive, negative_1 columns
@@ -67,14 +68,19 @@ def bare_arguments(out: Path, steps: int, batch_size: int, precision: str):
         SentenceTransformerTrainingArguments,
     )
 
+    from domain_embed import devices
+
     cuda = torch.cuda.is_available()
+    workers = devices.loader_workers(cuda)
     return SentenceTransformerTrainingArguments(
         output_dir=str(out), per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         num_train_epochs=1, max_steps=steps, learning_rate=LR, warmup_steps=WARMUP, weight_decay=WEIGHT_DECAY,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda, dataloader_pin_memory=cuda,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, eval_strategy="no", eval_steps=SAVE_STEPS, save_strategy="steps",
-        save_steps=SAVE_STEPS, save_total_limit=SAVE_TOTAL_LIMIT, restore_callback_states_from_checkpoint=True,
-        logging_steps=LOGGING_STEPS, seed=SEED, data_seed=SEED, report_to="none")
+        dataloader_num_workers=workers, dataloader_persistent_workers=workers > 0, optim="adamw_torch_fused",
+        logging_nan_inf_filter=False, batch_sampler=BatchSamplers.NO_DUPLICATES_HASHED, eval_strategy="no",
+        eval_steps=SAVE_STEPS, save_strategy="steps", save_steps=SAVE_STEPS, save_total_limit=SAVE_TOTAL_LIMIT,
+        restore_callback_states_from_checkpoint=True, logging_steps=LOGGING_STEPS, seed=SEED, data_seed=SEED,
+        report_to="none")
 
 
 def ours_config(steps: int, batch_size: int, precision: str):
@@ -82,8 +88,8 @@ def ours_config(steps: int, batch_size: int, precision: str):
 
     return TrainingConfig(loss="mnrl", num_negatives=1, batch_size=batch_size, max_steps=steps, learning_rate=LR,
                           warmup=WARMUP, weight_decay=WEIGHT_DECAY, precision=precision,
-                          logging_steps=LOGGING_STEPS, save_steps=SAVE_STEPS, eval_steps=SAVE_STEPS,
-                          save_total_limit=SAVE_TOTAL_LIMIT)
+                          logging_steps=LOGGING_STEPS, save_steps=None, checkpoint_minutes=None,
+                          eval_steps=SAVE_STEPS, save_total_limit=SAVE_TOTAL_LIMIT)
 
 
 def check_same_arguments(steps: int, batch_size: int, precision: str) -> None:

@@ -12,6 +12,15 @@ from domain_embed.pipeline import run_pipeline
 STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
 
 
+@pytest.fixture(autouse=True)
+def second_round_published(monkeypatch):
+    """Round 2's model is published whatever its dev score, so that the final model is not the round-1 model whose
+    corpus vectors round 2's mining cached (tests/test_finetune_rounds.py counts that case)."""
+    import domain_embed.stages.finetune as finetune
+
+    monkeypatch.setattr(finetune, "_beats", lambda score, kept: True)
+
+
 @pytest.fixture
 def overrides(tiny_beir, tiny_model):
     return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", "training.batch_size=4",

@@ -35,6 +35,9 @@ def test_two_job_sweep_reuses_shared_stages(tiny_beir, tiny_model, tmp_path):
     assert [j["job"] for j in summary["jobs"]] and len(summary["jobs"]) == 2
     dev = [j["dev_ndcg@10"] for j in summary["jobs"]]
     assert dev == sorted(dev, reverse=True)
+    # both jobs scored every round on one dev set, built from the shared triplets stage
+    hashes = {j["training_dev_set"] for j in summary["jobs"]}
+    assert len(hashes) == 1 and None not in hashes
     assert "training.learning_rate=0.001" in " ".join(summary["jobs"][0]["overrides"] + summary["jobs"][1]["overrides"])
     assert "Ranked by dev nDCG@10" in (sweep / "sweep_summary.md").read_text()
 
@@ -47,7 +50,7 @@ def test_optuna_search_maximises_dev_ndcg(tiny_beir, tiny_model, tmp_path):
     assert "best_params" in result and "training.learning_rate" in result and "best_value" in result
 
 
-def _report(folder, split, tuned_ndcg, training_dev):
+def _report(folder, split, tuned_ndcg, training_dev, dev_set="d1"):
     from pathlib import Path
 
     folder = Path(folder)
@@ -55,7 +58,8 @@ def _report(folder, split, tuned_ndcg, training_dev):
     (folder / ".hydra" / "overrides.yaml").write_text(f"- +recipe={folder.name}\n- eval.split={split}\n")
     (folder / "report.json").write_text(json.dumps({
         "eval": {"split": split}, "metrics": {"tuned": {"ndcg@10": tuned_ndcg, "recall@10": 0.5}},
-        "training": {"best_dev_ndcg@10": training_dev, "train_seconds": 12.0, "global_step": 30},
+        "training": {"best_dev_ndcg@10": training_dev, "train_seconds": 12.0, "global_step": 30,
+                     "dev_set_sha256": dev_set},
         "run": {"ran_now": ["finetune", "evaluate"]}, "cost": {"corpus_encodes": 1}}))
 
 
@@ -73,3 +77,14 @@ def test_summary_ranks_by_the_full_dev_split_when_jobs_evaluated_dev_and_never_b
     md = render(summary)
     assert "0.9900 (test)" in md and "training dev evaluator" in md and "| 12 | 30 | 1 |" in md
     assert "Every job: `eval.split=test`" in md and "| +recipe=c |" in md  # what differs, per row
+    assert "Warning" not in md
+
+
+def test_summary_warns_when_training_dev_scores_come_from_different_dev_sets(tmp_path):
+    """A test-evaluated sweep ranks by the training dev evaluator: its scores compare only on one dev set."""
+    from domain_embed.sweep import render, summarise
+
+    _report(tmp_path / "c", "test", 0.5, 0.60, dev_set="d1")
+    _report(tmp_path / "d", "test", 0.5, 0.70, dev_set="d2")
+    md = render(summarise(tmp_path))
+    assert "scored on 2 different dev sets" in md

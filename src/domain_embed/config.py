@@ -247,12 +247,17 @@ class TrainingConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     logging_steps: int = 10
     eval_steps: int = 50
-    save_steps: int = 50  # with a dev set it must equal eval_steps
+    # resume checkpoints (with optimizer state): every save_steps steps (None: none by steps), every
+    # checkpoint_minutes of wall time (None: none by time), and at the end; an evaluation that beats every earlier one
+    # is always checkpointed, so the best model is kept whatever the cadence
+    save_steps: int | None = None
+    checkpoint_minutes: float | None = 10.0
     save_total_limit: int = 2
     early_stopping_patience: int | None = None  # evaluations without dev nDCG@10 improvement
     dev_corpus_size: int = 2000  # dev positives + their mined negatives + a random sample
     dev_max_queries: int | None = None  # a seeded sample of the dev queries evaluated during training; None: all
-    dataloader_workers: int = 0
+    dataloader_workers: int | None = None  # None: 0 on CPU, up to 4 persistent workers on CUDA (devices.py)
+    torch_compile: bool = False  # torch.compile the model (minutes of compiling first; worth it for long runs)
     resume: bool = False  # continue from the last checkpoint (optimizer, scheduler, RNG, data position)
     keep_checkpoints: bool = False  # false: the checkpoints go once the stage has published its model
 

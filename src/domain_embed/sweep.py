@@ -34,6 +34,8 @@ def _job(report_path: Path) -> dict:
             # training-time dev evaluator's best (a sampled corpus): either way, never the test split
             "dev_ndcg@10": tuned["ndcg@10"] if split == DEV else training.get("best_dev_ndcg@10"),
             "dev_source": "eval.split=dev (full corpus)" if split == DEV else "training dev evaluator",
+            # the kept round's score on the run's one training dev set, which this hash names
+            "training_dev_set": training.get("dev_set_sha256"),
             "train_seconds": training.get("train_seconds"), "steps": training.get("global_step"),
             "stages_run": report["run"]["ran_now"], "corpus_encodes": report["cost"]["corpus_encodes"]}
 
@@ -58,6 +60,10 @@ def render(summary: dict) -> str:
             for i, j in enumerate(jobs)]
     sources = sorted({j["dev_source"] for j in jobs})
     shared = f"Every job: `{' '.join(common)}`.\n\n" if common else ""
+    dev_sets = {j["training_dev_set"] for j in jobs if j["dev_source"] == "training dev evaluator"}
+    if len(dev_sets) > 1:  # different data, seed or training.dev_* settings: the scores do not compare
+        shared += (f"**Warning:** the jobs ranked by the training dev evaluator were scored on {len(dev_sets)} "
+                   "different dev sets; their dev nDCG@10 values do not compare.\n\n")
     return (f"# Sweep summary: {summary['sweep_dir']}\n\nRanked by dev nDCG@10 ({'; '.join(sources)}), the split "
             f"used to choose; a test column is for reading, not for choosing.\n\n{shared}"
             + table(["rank", "job", "overrides", "dev nDCG@10", *[f"tuned {m} (split)" for m in _SHOWN],

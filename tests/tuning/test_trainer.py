@@ -14,6 +14,7 @@ import pytest
 import torch
 from datasets import Dataset
 from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
 
 from domain_embed.config import LoraConfig, TrainingConfig
 from domain_embed.errors import ConfigError
@@ -83,12 +84,18 @@ def test_early_stopping_stops_when_dev_ndcg_stops_improving(tiny_model, tmp_path
 
 
 def test_training_arguments_map_the_config(tmp_path):
-    cfg = _cfg(warmup=0.1, gradient_accumulation_steps=2, scheduler="cosine", dataloader_workers=0)
+    cfg = _cfg(warmup=0.1, gradient_accumulation_steps=2, scheduler="cosine", torch_compile=True)
     args = training_arguments(cfg, tmp_path, seed=7, columns=["anchor", "positive"], has_dev=True,
                               report_to=["wandb"], query_prompt="query: ")
     assert args.output_dir == str(tmp_path / "checkpoints")
     assert args.warmup_steps == 0.1 and args.lr_scheduler_type == "cosine" and args.gradient_accumulation_steps == 2
-    assert args.batch_sampler == "no_duplicates" and args.eval_strategy == "steps"
+    assert args.batch_sampler == "no_duplicates_hashed" and args.eval_strategy == "steps"
+    assert args.optim == "adamw_torch_fused" and not args.logging_nan_inf_filter and args.torch_compile
+    # on CPU: tokenized in the main process (workers would take cores from the model), nothing pinned
+    assert args.dataloader_num_workers == 0 and not args.dataloader_persistent_workers
+    assert not args.dataloader_pin_memory
+    two = training_arguments(_cfg(dataloader_workers=2), tmp_path, seed=7, columns=["anchor"], has_dev=False)
+    assert two.dataloader_num_workers == 2 and two.dataloader_persistent_workers
     assert args.load_best_model_at_end and args.metric_for_best_model == METRIC and args.greater_is_better
     assert (args.seed, args.data_seed) == (7, 7) and args.report_to == ["wandb"]
     assert not args.bf16 and not args.fp16  # auto precision on CPU is fp32
@@ -105,6 +112,13 @@ def _fake_gpus(monkeypatch, count: int, *, native_bf16: bool) -> None:
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native_bf16
                         or including_emulation)
+
+
+def test_a_gpu_gets_persistent_pinned_loader_workers(monkeypatch, tmp_path):
+    _fake_gpus(monkeypatch, 1, native_bf16=True)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    args = training_arguments(_cfg(), tmp_path, seed=0, columns=["anchor", "positive"], has_dev=False)
+    assert args.dataloader_num_workers == 4 and args.dataloader_persistent_workers and args.dataloader_pin_memory
 
 
 @pytest.mark.parametrize(("native_bf16", "precision"), [(True, "bf16"), (False, "fp16")])
@@ -128,7 +142,6 @@ def test_several_gpus_without_a_launcher_train_on_one_not_data_parallel(monkeypa
 
 
 @pytest.mark.parametrize(("overrides", "has_dev", "message"), [
-    ({"save_steps": 4, "eval_steps": 2}, True, "must equal training.eval_steps"),
     ({"precision": "fp8"}, False, "unknown training.precision"),
     ({"warmup": 10.0}, False, "fraction"),
 ])
@@ -137,11 +150,23 @@ def test_training_arguments_reject_bad_configs(tmp_path, overrides, has_dev, mes
         training_arguments(_cfg(**overrides), tmp_path, seed=0, columns=["anchor"], has_dev=has_dev)
 
 
-def test_gradient_checkpointing_reaches_the_model(tiny_model, tmp_path):
-    """tests/test_lowest_pins.py checks the same under the oldest transformers and sentence-transformers."""
+def _layer_forwards(tiny_model, tmp_path, checkpointing: bool) -> int:
+    """Training-mode forward calls of the first transformer layer's attention over 2 steps (the model card's
+    widget examples encode in eval mode)."""
     model = _load(tiny_model)
-    train_model(model, _triplets(8), None, _cfg(max_steps=1, gradient_checkpointing=True), tmp_path, seed=0)
-    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    attention = model.transformers_model.encoder.layer[0].attention
+    calls = []
+    attention.register_forward_hook(lambda module, *_: calls.append(1) if module.training else None)
+    train_model(model, _triplets(16), None, _cfg(max_steps=2, gradient_checkpointing=checkpointing), tmp_path,
+                seed=0)
+    return len(calls)
+
+
+def test_gradient_checkpointing_recomputes_the_layers_in_the_backward_pass(tiny_model, tmp_path):
+    """tests/test_lowest_pins.py checks the flag under the oldest transformers and sentence-transformers."""
+    plain = _layer_forwards(tiny_model, tmp_path / "plain", checkpointing=False)
+    assert plain >= 2  # each step encodes its texts at least once
+    assert _layer_forwards(tiny_model, tmp_path / "checkpointed", checkpointing=True) == 2 * plain
 
 
 def test_dataset_and_config_mismatches_fail_before_training(tiny_model, tmp_path):
@@ -257,3 +282,128 @@ def test_killed_run_resumes_to_the_same_result_as_an_uninterrupted_one(tiny_mode
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], abs=1e-6), (ra["step"], key)
     np.testing.assert_allclose(b["embeddings"], a["embeddings"], atol=1e-6)
+
+
+def test_checkpoints_at_new_best_evaluations_and_at_the_end_only(tiny_model, tmp_path):
+    """No step or time cadence: the evaluations that beat every earlier one, and the last step, are on disk (and
+    no other), and the best is loaded back."""
+    cfg = _cfg(save_steps=None, checkpoint_minutes=None, save_total_limit=10, eval_steps=1, max_steps=6)
+    model = _load(tiny_model)
+    result = train_model(model, _triplets(), _dev(), cfg, tmp_path, seed=3)
+    scores = [(row["step"], row[METRIC]) for row in result.log_history if METRIC in row]
+    new_best = {step for i, (step, value) in enumerate(scores) if all(value > v for _, v in scores[:i])}
+    assert len(new_best) < len(scores)  # some evaluation was not a new best: a test that can fail
+    saved = {int(p.name.split("-")[1]) for p in (tmp_path / "checkpoints").glob("checkpoint-*")}
+    assert saved == new_best | {6}
+    assert result.best_checkpoint == tmp_path / "checkpoints" / f"checkpoint-{max(new_best, key=dict(scores).get)}"
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_checkpoint_cadence_by_wall_time_and_by_steps():
+    from transformers import TrainerControl, TrainerState
+
+    clock = _Clock()
+    cadence = trainer.CheckpointCadence(steps=None, minutes=10, clock=clock)
+    args, state, control = object(), TrainerState(max_steps=100), TrainerControl()
+    cadence.on_train_begin(args, state, control)
+    saves = []
+    for step in range(1, 60):
+        state.global_step, clock.now = step, step * 60.0  # a minute a step
+        cadence.on_step_end(args, state, control)
+        if control.should_save:
+            saves.append(step)
+            cadence.on_save(args, state, control)
+            control.should_save = False
+    assert saves == [10, 20, 30, 40, 50]
+    by_steps = trainer.CheckpointCadence(steps=25, minutes=None, clock=clock)
+    steps = []
+    for step in range(1, 101):
+        state.global_step = step
+        by_steps.on_step_end(args, state, control)
+        steps += [step] if control.should_save else []
+    assert steps == [25, 50, 75, 100]
+
+
+def _losses_and_vectors(tiny_model, tmp_path, **overrides):
+    model = _load(tiny_model)
+    result = train_model(model, _triplets(), _dev(), _cfg(**overrides), tmp_path, seed=5)
+    rows = [(r["step"], r["loss"], r["grad_norm"]) for r in result.log_history if "loss" in r]
+    return rows, result.best_dev_ndcg10, model.encode(list(_dev().queries.values())[:4])
+
+
+def test_the_fed_loop_trains_exactly_as_the_plain_one_on_cpu(tiny_model, tmp_path, monkeypatch):
+    """The hashed sampler, no NaN filter and the checkpoint cadence only change speed: against the arguments of
+    before (re-read sampler, NaN filter, a checkpoint at every evaluation) the losses, dev score and weights match."""
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+
+    fed = _losses_and_vectors(tiny_model, tmp_path / "fed", save_steps=None)
+    arguments = trainer.training_arguments
+
+    def before(*args, **kwargs):
+        out = arguments(*args, **kwargs)
+        out.batch_sampler, out.logging_nan_inf_filter = BatchSamplers.NO_DUPLICATES, True
+        return out
+
+    monkeypatch.setattr(trainer, "training_arguments", before)
+    monkeypatch.setattr(trainer, "CheckpointCadence", lambda *a: TrainerCallback())  # the HF Trainer's own steps
+    plain = _losses_and_vectors(tiny_model, tmp_path / "plain", save_steps=2)
+    assert fed[0] == plain[0] and fed[1] == plain[1]
+    np.testing.assert_array_equal(fed[2], plain[2])
+
+
+def test_padding_to_a_multiple_of_8_changes_the_shapes_not_the_training(tiny_model, tmp_path, monkeypatch):
+    """What a GPU gets (devices.pad_multiple), forced on CPU: every batch is 8-aligned, and the masked padding
+    leaves the losses as they were. Without dropout, whose random masks follow the tensors' shapes (a padded run
+    draws other masks: equally random, not equal)."""
+    widths = []
+
+    def run(name):
+        model = _load(tiny_model)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        hook = model.transformers_model.embeddings.register_forward_hook(
+            lambda module, args, out: widths.append(out.shape[1]) if module.training else None)
+        result = train_model(model, _triplets(), None, _cfg(max_steps=3), tmp_path / name, seed=5)
+        hook.remove()
+        return [r["loss"] for r in result.log_history if "loss" in r]
+
+    plain = run("plain")
+    assert any(w % 8 for w in widths)
+    widths.clear()
+    monkeypatch.setattr(trainer.devices, "pad_multiple", lambda on_cuda: 8)
+    padded = run("padded")
+    assert widths and all(w % 8 == 0 for w in widths)
+    np.testing.assert_allclose(padded, plain, rtol=1e-5)
+
+
+def test_tf32_is_on_for_training_only():
+    from domain_embed import devices
+
+    before = torch.get_float32_matmul_precision()
+    with devices.tf32_matmuls(True):
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before
+    with devices.tf32_matmuls(False):
+        assert torch.get_float32_matmul_precision() == before
+
+
+def test_the_dev_set_is_encoded_at_the_encode_batch_size(tiny_model, tmp_path, monkeypatch):
+    sizes = []
+    build = trainer.build_dev_evaluator
+
+    def recorded(dev, batch_size, **kwargs):
+        sizes.append(batch_size)
+        return build(dev, batch_size, **kwargs)
+
+    monkeypatch.setattr(trainer, "build_dev_evaluator", recorded)
+    train_model(_load(tiny_model), _triplets(), _dev(), _cfg(max_steps=2), tmp_path / "a", seed=0, dev_batch_size=128)
+    train_model(_load(tiny_model), _triplets(), _dev(), _cfg(max_steps=2), tmp_path / "b", seed=0)
+    assert sizes == [128, 8]  # the training batch size when none is given

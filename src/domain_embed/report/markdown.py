@@ -86,18 +86,25 @@ def compare_table(c: dict) -> str:
                   "docs over window", "docs/s", "GB / 1M docs (fp32)", "hours to re-encode 1M", "licence"], rows)
 
 
-def _rounds(rounds: list[dict]) -> str:
-    """`mining.rounds` > 1: what each round trained on; round 1's mining is the mine stage's (## Hard negatives)."""
+def _rounds(training: dict) -> str:
+    """`mining.rounds` > 1: what each round trained on, its score on the one dev set of every round, and which
+    round's model was kept; round 1's mining is the mine stage's (## Hard negatives)."""
     rows = []
-    for r in rounds:
+    for r in training["rounds"]:
         m = r["mining"]
         mined = ([str(m["negatives_chosen"]), str(m["dropped_by_rule"]["labelled_positive"]),
                   str(m["dropped_by_rule"]["relative_margin"])] if m else ["stage `mine`"] * 3)
         rows.append([str(r["round"]), str(r["train_rows"]), str(r["global_step"]),
-                     _or_dash(r["best_dev_ndcg@10"], ".4f"), *mined])
+                     _or_dash(r["best_dev_ndcg@10"], ".4f"), "yes" if r.get("kept") else "no", *mined])
+    kept = training.get("kept_round", training["rounds"][-1]["round"])
+    stopped = len(training["rounds"]) < training.get("rounds_planned", len(training["rounds"]))
     return ("Each round after the first re-mined with the previous round's model (same rules; "
-            "`finetune/round<r>/`) and trained it again:\n\n"
-            + table(["round", "triplets", "steps", "best dev nDCG@10", "negatives chosen",
+            "`finetune/round<r>/`) and trained it again; every round is scored on the same dev set (the base "
+            "model's negatives), and a round's model is kept only if it beats the model kept before it. "
+            f"**Round {kept}'s model is the published one**"
+            + (" (a round that did not beat it ends the rounds: the next would re-mine with the same model)"
+               if stopped else "") + ".\n\n"
+            + table(["round", "triplets", "steps", "best dev nDCG@10", "kept", "negatives chosen",
                      "dropped: labelled positive", "dropped: relative margin"], rows))
 
 
@@ -210,7 +217,7 @@ def render_markdown(report: dict) -> str:
                 f"{t['samples_per_second']:.1f} samples/s; best dev nDCG@10 {_or_dash(t['best_dev_ndcg@10'], '.4f')} "
                 f"({t['dev_queries']} dev queries, {t['dev_corpus']} dev documents)."]
         if len(t.get("rounds", [])) > 1:
-            out += ["", _rounds(t["rounds"])]
+            out += ["", _rounds(t)]
     skipped = report.get("not_run", {})
     checks = (("mrl", "Matryoshka dimensions", _mrl), ("ood", "Forgetting check (another domain)", _ood),
               ("formats", "Vector formats", _formats))

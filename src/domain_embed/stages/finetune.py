@@ -4,7 +4,12 @@ Checkpoints live in <run_dir>/checkpoints/<key> (outside the stage's temporary f
 resumes with `training.resume=true`; the finished model is published as finetune/model, a standard
 sentence-transformers directory, with finetune/train_log.json (loss, lr, grad norm, dev metrics, per round). With
 `mining.rounds` > 1, round r re-mines with the model of round r - 1 and writes finetune/round<r>/ (dataset,
-mining_meta.json)."""
+mining_meta.json).
+
+Every round is scored on one fixed dev set, built from the triplets stage (the base model's negatives), so the
+rounds' scores compare like with like, and so do the scores of every job of a sweep sharing that stage. Round r's
+model is kept only if its best dev nDCG@10 beats the kept model's; otherwise the kept model is published, and later
+rounds stop (they would re-mine with the same model and train the same way again)."""
 
 from __future__ import annotations
 
@@ -107,7 +112,10 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     model = ctx.make_embedder(dataclasses.replace(cfg.model, encode_dtype="fp32")).model
     guide = base.model if training.loss == "gist" else None
     work = checkpoints_dir(ctx, stable_hash(_training_inputs(ctx)))
-    rounds, encodes, history = [], 0, []
+    # the one dev set of every round (and of every sweep job sharing the triplets stage): never re-mined
+    dev = dev_set(ctx, data["dev"], training.dev_corpus_size, cfg.seed, training.dev_max_queries) \
+        if len(data["dev"]) else None
+    rounds, encodes, history, kept = [], 0, [], None
     for r in range(1, cfg.mining.rounds + 1):
         mining = None
         if r > 1:  # round r trains the model of round r - 1 on negatives it mined itself
@@ -118,11 +126,10 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
                 atomic_write_json(out / f"round{r}" / "mining_meta.json", mining)
         train = _loss_view(data["train"], training)
         _check_rows(train, training)
-        dev = dev_set(ctx, data["dev"], training.dev_corpus_size, cfg.seed, training.dev_max_queries) \
-            if len(data["dev"]) else None
         result = train_model(model, train, dev, training, work if r == 1 else work / f"round{r}", seed=cfg.seed,
                              guide=guide, report_to=trainer_report_to(cfg.tracking), device=cfg.device,
-                             query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt)
+                             query_prompt=cfg.model.query_prompt, document_prompt=cfg.model.document_prompt,
+                             dev_batch_size=cfg.eval.batch_size)
         history += [{**row, "round": r} for row in result.log_history]
         rounds.append({"round": r, "train_rows": len(train), "dev_queries": len(dev.queries) if dev else 0,
                        "dev_corpus": len(dev.corpus) if dev else 0, "global_step": result.global_step,
@@ -130,7 +137,14 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
                        "train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
                        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
                        "resumed_from": str(result.resumed_from) if result.resumed_from else None,
-                       "mining": mining})
+                       "mining": mining, "kept": _beats(result.best_dev_ndcg10, kept)})
+        if rounds[-1]["kept"]:
+            kept = rounds[-1]
+            kept_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} \
+                if r < cfg.mining.rounds else None
+        else:  # back to the kept model; a further round would re-mine with it and repeat this one
+            model.load_state_dict(kept_weights)
+            break
     if not distributed.is_main():  # every rank trained the same weights; rank 0 saves them
         return
     evals = [r for r in history if "eval_dev_cosine_ndcg@10" in r]
@@ -139,8 +153,11 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     save_model(model, out / "model", {"metrics_table": table if evals else "(no dev set)",
                                       "training_config": dataclasses.asdict(training)})
     last = rounds[-1]
-    log = {"best_checkpoint": last["best_checkpoint"], "best_dev_ndcg@10": last["best_dev_ndcg@10"],
-           "global_step": sum(r["global_step"] for r in rounds), "train_rows": last["train_rows"],
+    # best_dev_ndcg@10 is the published model's score on the fixed dev set: the Optuna objective and the sweep's
+    # ranking when jobs evaluate test
+    log = {"best_checkpoint": kept["best_checkpoint"], "best_dev_ndcg@10": kept["best_dev_ndcg@10"],
+           "kept_round": kept["round"], "rounds_planned": cfg.mining.rounds, "dev_set_sha256": _dev_hash(dev),
+           "global_step": sum(r["global_step"] for r in rounds), "train_rows": kept["train_rows"],
            "dev_queries": last["dev_queries"], "dev_corpus": last["dev_corpus"],
            "train_seconds": sum(r["train_seconds"] for r in rounds),
            "samples_per_second": last["samples_per_second"], "peak_gpu_memory_gib": _peak_gpu_memory_gib(),
@@ -152,6 +169,18 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     extras["cost"] = {"corpus_encodes": encodes}
     if not training.keep_checkpoints:  # only a killed, unfinished stage resumes from them
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _beats(score: float | None, kept: dict | None) -> bool:
+    """Round 1 is always kept; a later round only if its best dev nDCG@10 is higher than the kept round's (without
+    a dev set there is nothing to compare, and the last round is kept)."""
+    return kept is None or score is None or score > kept["best_dev_ndcg@10"]
+
+
+def _dev_hash(dev: DevSet | None) -> str | None:
+    """Says which dev set a score was measured on: equal hashes, comparable scores (the sweep summary checks)."""
+    return None if dev is None else stable_hash(
+        {"queries": dev.queries, "corpus": dev.corpus, "relevant": {q: sorted(d) for q, d in dev.relevant.items()}})
 
 
 def _peak_gpu_memory_gib() -> float | None:

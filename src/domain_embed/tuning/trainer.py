@@ -2,15 +2,18 @@
 
 `TrainingConfig` is mapped onto `SentenceTransformerTrainingArguments` here and nowhere else, so mixed precision,
 DDP, checkpoint rotation, best-checkpoint selection and exact resumption all come from the HF Trainer rather than
-from a hand-written loop.
+from a hand-written loop. What makes the loop fed on a GPU (loader workers, padding to tensor-core tiles, fused AdamW,
+TF32) is decided by devices.py; none of it changes a CPU run's numbers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,7 +29,7 @@ from sentence_transformers.sentence_transformer.training_args import (
     SentenceTransformerTrainingArguments,
 )
 from sentence_transformers.util import cos_sim
-from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 
 from domain_embed import devices, distributed
@@ -94,10 +97,8 @@ def _prompts(columns: list[str], query_prompt: str, document_prompt: str) -> dic
 def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, columns: list[str], has_dev: bool,
                        report_to: Sequence[str] = (), device: str = "auto", query_prompt: str = "",
                        document_prompt: str = "") -> SentenceTransformerTrainingArguments:
-    """The one mapping from `TrainingConfig` to the trainer's arguments (checkpoints go to output_dir/checkpoints)."""
-    if has_dev and cfg.save_steps != cfg.eval_steps:
-        raise ConfigError(f"with a dev set, training.save_steps ({cfg.save_steps}) must equal training.eval_steps "
-                          f"({cfg.eval_steps}): an evaluation without a checkpoint could be the best and not be kept")
+    """The one mapping from `TrainingConfig` to the trainer's arguments (checkpoints go to output_dir/checkpoints).
+    When to checkpoint is `CheckpointCadence`'s decision, not `save_steps` here."""
     if not 0 <= cfg.warmup < 1:
         raise ConfigError(f"training.warmup is a fraction of the steps, in [0, 1): got {cfg.warmup}")
     if device not in ("auto", "cpu", "cuda"):
@@ -105,6 +106,7 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible")
     on_cuda = torch.cuda.is_available() and device != "cpu"
+    workers = devices.loader_workers(on_cuda) if cfg.dataloader_workers is None else cfg.dataloader_workers
     use_cpu = not on_cuda  # also tells Accelerate to run DDP over gloo when launched on CPUs
     best = {"load_best_model_at_end": True, "metric_for_best_model": f"eval_{DEV_NAME}_{DEV_METRIC}",
             "greater_is_better": True} if has_dev else {}
@@ -121,19 +123,25 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
         lr_scheduler_type=cfg.scheduler,
         **_precision_flags(cfg.precision, on_cuda=on_cuda),
         use_cpu=use_cpu,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a duplicate text in a batch would be a false in-batch negative
+        # a duplicate text in a batch would be a false in-batch negative; the texts are hashed once (xxhash, as
+        # datasets does), not re-read from Arrow for every batch: the same batches
+        batch_sampler=BatchSamplers.NO_DUPLICATES_HASHED,
+        optim="adamw_torch_fused",  # one kernel for all parameters, on CUDA and on CPU (torch >= 2.4)
+        torch_compile=cfg.torch_compile,
         prompts=_prompts(columns, query_prompt, document_prompt),
         eval_strategy="steps" if has_dev else "no",
         eval_steps=cfg.eval_steps,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
+        save_steps=cfg.eval_steps,  # a multiple of eval_steps, as load_best_model_at_end asks; CheckpointCadence rules
         save_total_limit=cfg.save_total_limit,
         **best,
         restore_callback_states_from_checkpoint=True,  # early-stopping patience survives a resume
         logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # True reads the loss back to the host after every step: a GPU sync
         seed=seed,
         data_seed=seed,
-        dataloader_num_workers=cfg.dataloader_workers,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # not started again for every epoch
         dataloader_pin_memory=on_cuda,
         dataloader_drop_last=distributed.world_size() > 1,  # equal steps on every rank
         report_to=list(report_to) or "none",
@@ -146,6 +154,35 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
         distributed.warn_one_gpu(args.n_gpu)
         args._n_gpu = 1  # as the HF Trainer itself does to keep nn.DataParallel off
     return args
+
+
+class CheckpointCadence(TrainerCallback):
+    """Decides every checkpoint (a full one, with optimizer state): every `steps` steps, once `minutes` of wall time
+    have passed since the last one, at the end, and whenever an evaluation beats every earlier one, so the best model
+    is on disk for load_best_model_at_end without a checkpoint at every evaluation. Any checkpoint resumes exactly."""
+
+    def __init__(self, steps: int | None, minutes: float | None, clock: Callable[[], float] = time.monotonic):
+        self.steps, self.minutes, self.clock = steps, minutes, clock
+        self._last = clock()
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._last = self.clock()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # overrides the HF Trainer's own step cadence (set just before, by its DefaultFlowCallback)
+        control.should_save = (state.global_step >= state.max_steps
+                               or bool(self.steps and state.global_step % self.steps == 0)
+                               or (self.minutes is not None and self.clock() - self._last >= 60 * self.minutes))
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None,
+                    **kwargs):
+        # runs before the trainer records the best metric: the same comparison it is about to make
+        value = (metrics or {}).get(args.metric_for_best_model) if args.load_best_model_at_end else None
+        if value is not None and (state.best_metric is None or value > state.best_metric):
+            control.should_save = True
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        self._last = self.clock()
 
 
 def _training_columns(dataset: Dataset, cfg: TrainingConfig) -> tuple[Dataset, list[str]]:
@@ -208,9 +245,10 @@ def _resume_point(checkpoints_dir: Path, resume: bool) -> Path | None:
 def train_model(model: SentenceTransformer, train_dataset: Dataset, dev: DevSet | None, cfg: TrainingConfig,
                 output_dir: Path, *, seed: int, guide: SentenceTransformer | None = None,
                 report_to: Sequence[str] = (), callbacks: Sequence[TrainerCallback] = (), device: str = "auto",
-                query_prompt: str = "", document_prompt: str = "") -> TrainResult:
+                query_prompt: str = "", document_prompt: str = "", dev_batch_size: int | None = None) -> TrainResult:
     """Trains `model` in place. With a dev set, the best checkpoint by dev nDCG@10 is loaded back at the end.
-    `output_dir` must be the same folder across restarts for `cfg.resume` to find the checkpoints."""
+    `output_dir` must be the same folder across restarts for `cfg.resume` to find the checkpoints. The dev set is
+    encoded `dev_batch_size` texts at a time (the run's encode batch size; None: the training batch size)."""
     output_dir = Path(output_dir)
     if cfg.early_stopping_patience is not None and dev is None:
         raise ConfigError("training.early_stopping_patience needs a dev set to watch")
@@ -228,13 +266,18 @@ def train_model(model: SentenceTransformer, train_dataset: Dataset, dev: DevSet 
         model.gradient_checkpointing_enable()
     loss = build_loss(model, cfg, guide)
     evaluator = None if dev is None else build_dev_evaluator(
-        dev, cfg.batch_size, query_prompt=query_prompt, document_prompt=document_prompt)
-    all_callbacks = list(callbacks)
+        dev, dev_batch_size or cfg.batch_size, query_prompt=query_prompt, document_prompt=document_prompt)
+    all_callbacks = [CheckpointCadence(cfg.save_steps, cfg.checkpoint_minutes), *callbacks]
     if cfg.early_stopping_patience is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          evaluator=evaluator, callbacks=all_callbacks)
-    metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
+    on_cuda = not args.use_cpu
+    if multiple := devices.pad_multiple(on_cuda):  # the collator's only: the saved model is unchanged
+        trainer.data_collator.preprocess_fn = functools.partial(
+            model.preprocess, processing_kwargs={"text": {"pad_to_multiple_of": multiple}})
+    with devices.tf32_matmuls(on_cuda and devices.tf32_native()):
+        metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
     state = trainer.state
     return TrainResult(
         best_checkpoint=Path(state.best_model_checkpoint) if state.best_model_checkpoint else None,
