@@ -103,7 +103,7 @@ def candidates(cc) -> list[Candidate]:
                           "e.g. compare.models=[minilm,bge-small,e5-base]")
     out = [c for entry in dict.fromkeys(cc.models)
            for c in (served_candidates(entry) if is_served(entry) else [resolve_candidate(entry)])]
-    check_egress(list({c.spec for c in out if c.spec}), cc.allow_remote)
+    check_egress(list(dict.fromkeys(c.spec for c in out if c.spec)), cc.allow_remote)
     return out
 
 
