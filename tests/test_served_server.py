@@ -97,6 +97,8 @@ class FaultProxy:
         self.upstream, self.mode, self.count = upstream, mode, count
         self.log: list[dict] = []
         self.texts: list[str] = []
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -106,7 +108,14 @@ class FaultProxy:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 texts = json.loads(body)["input"]
-                status = proxy.handle(self, body, texts)
+                with lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                try:
+                    status = proxy.handle(self, body, texts)
+                finally:
+                    with lock:
+                        proxy.in_flight -= 1
                 proxy.log.append({"t": time.monotonic(), "status": status, "n": len(texts)})
 
         self.server = ThreadingHTTPServer((host, port or 0), Handler)
@@ -186,11 +195,16 @@ def _compare(make_config, tmp_path, tiny_beir, compare, *overrides, run="run"):
     return report, json.loads((run_dir / "compare" / "compare.json").read_text())
 
 
-def test_served_minilm_scores_as_the_local_one(infinity, served_env, make_config, tmp_path, tiny_beir):
-    """The endpoint path and the local path give the same metrics; each requested dimension is a row."""
+def test_served_minilm_scores_as_the_local_one(infinity, served_env, proxies, make_config, tmp_path, tiny_beir):
+    """The endpoint path and the local path give the same metrics; each requested dimension is a row; no more than
+    `concurrency` requests are in flight."""
+    proxy = proxies(infinity)
+    infinity = proxy.url
     served = f"{infinity}#minilm@128,384"
-    compare = CompareConfig(models=["minilm", served], mrl_dims=[128], throughput_sample=16, client=FAST)
+    client = ServedClientConfig(batch_size=8, concurrency=3)
+    compare = CompareConfig(models=["minilm", served], mrl_dims=[128], throughput_sample=16, client=client)
     report, out = _compare(make_config, tmp_path, tiny_beir, compare)
+    assert len(proxy.log) > 6 and 1 <= proxy.max_in_flight <= 3
     rows = {r["model"]: r for r in out["rows"]}
     assert set(rows) == {"minilm", f"{infinity}#minilm@128", f"{infinity}#minilm@384"} and not out["unavailable"]
     local, full, small = rows["minilm"], rows[f"{infinity}#minilm@384"], rows[f"{infinity}#minilm@128"]

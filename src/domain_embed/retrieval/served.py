@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -154,7 +154,6 @@ class ServedStats:
     tokens_billed: float = 0.0  # `usage` of this process's requests
     requests_without_usage: int = 0
     seconds: float = 0.0  # wall time of the requests
-    corpus_encodes: int = 0  # corpus encodes computed locally: always 0 here (the Embedder counter's twin)
     sent: dict[str, int] = field(default_factory=dict)  # texts sent, by what (corpus, queries, documents)
     wall: dict[str, float] = field(default_factory=dict)
 
@@ -255,18 +254,15 @@ class ServedEmbedder:
         failure = None
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool:
             futures = [pool.submit(self._request, texts[b], hashes[b]) for b in batches]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            if any(f.exception() for f in done):
-                for f in futures:
-                    f.cancel()
-            for f in futures:
+            for f in as_completed(futures):
                 if f.cancelled():
                     continue
                 if (exc := f.exception()) is not None:
                     failure = failure or exc
+                    for other in futures:
+                        other.cancel()
                     continue
-                n = f.result()
-                bar.update(n)
+                bar.update(f.result())
         bar.close()
         if failure is not None:
             cached = self._cached()
