@@ -124,3 +124,32 @@ def test_compare_keeps_the_run_s_window_for_the_run_s_model(make_config, tmp_pat
     (row,) = json.loads((run_dir / "compare" / "compare.json").read_text())["rows"]
     assert audit["max_seq_length"] == 48 and row["window"]["effective"] == 48
     assert row["ci95"]["ndcg@10"][0] <= row["metrics"]["ndcg@10"] <= row["ci95"]["ndcg@10"][1]
+
+
+class _Answers:
+    """Stands in for the client's `embeddings` resource, counting calls (the real server is in test_served_server)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def create(self, *, input, model, encoding_format, **extra):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        data = [SimpleNamespace(index=i, embedding=[float(len(t)), 1.0, 0.0]) for i, t in enumerate(input)]
+        return SimpleNamespace(data=data, usage=SimpleNamespace(prompt_tokens=10 * len(input)))
+
+
+def test_a_full_cache_hit_knows_the_dimension_and_the_tokens(tmp_path, monkeypatch):
+    """A repeated compare whose every vector is cached sends nothing, and still knows the dimension (no twin gives
+    it) and the corpus tokens the server reported."""
+    spec, texts = parse_spec("http://127.0.0.1:1/v1#tuned"), ["a", "bb", "ccc", "a"]
+    first = ServedEmbedder(spec, None, ServedClientConfig(batch_size=2), api_key="k", cache_dir=tmp_path)
+    answers = _Answers()
+    monkeypatch.setattr(ServedEmbedder, "client", property(lambda self: type("C", (), {"embeddings": answers})()))
+    vectors = first.encode_documents(texts)
+    assert answers.calls == 2 and first.stats.texts_sent == 3 and first.dim == 3  # "a" is sent once
+    again = ServedEmbedder(spec, None, ServedClientConfig(batch_size=2), api_key="k", cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.encode_documents(texts), vectors)
+    assert answers.calls == 2 and again.dim == 3 and again.stats.cache_hits == 4
+    assert again.tokens(texts) == pytest.approx(30.0)  # each request's usage shared among its texts

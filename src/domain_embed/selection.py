@@ -20,8 +20,9 @@ FINE_TUNE_STAGES = "stages=[mine,triplets,finetune,evaluate]"
 MIN_TRIPLETS = 500  # the article's minimum viable fine-tuning set
 
 # a name that starts a word with one of these is a domain model (legal-bert, voyage-law-2, Fin-E5, BioBERT,
-# PubMedBERT, MedCPT, ChemBERTa); "medium" is a size, not a domain
-_DOMAIN_NAME = re.compile(r"(?<![a-z])(legal|law|fin|med(?!ium)|clinic|bio|pubmed|chem)", re.IGNORECASE)
+# PubMedBERT, MedCPT, ChemBERTa); "medium" is a size and "fine"(-tuned) a method, not a domain (a run's
+# finetune/model is listed in compare.domain_models when it is meant as one)
+_DOMAIN_NAME = re.compile(r"(?<![a-z])(legal|law|fin(?!e)|med(?!ium)|clinic|bio|pubmed|chem)", re.IGNORECASE)
 
 
 def model_kind(name: str, domain_models: list[str] | tuple[str, ...] = ()) -> str:

@@ -215,6 +215,7 @@ class ServedEmbedder:
             for folder in sorted(self.cache.glob("batches/[!.]*")) if self.cache else []:
                 rows = json.loads((folder / "rows.json").read_text())
                 vectors = np.load(folder / "vectors.npy")
+                self._dim = self._dim or vectors.shape[1]  # every answer was checked against one dimension
                 self._vectors.update(zip(rows["hashes"], zip(vectors, rows["tokens"], strict=True), strict=True))
         return self._vectors
 
