@@ -206,7 +206,7 @@ class ServedEmbedder:
         sum over every text sent is exact. None where a server reported no usage."""
         prompt = self.document_prompt if prompt is None else prompt
         total = sum(self._cached()[text_hash(prompt + t)][1] for t in dict.fromkeys(texts))
-        return None if math.isnan(total) else total
+        return None if math.isnan(total) else round(total, 2)
 
     def _cached(self) -> dict[str, tuple[np.ndarray, float]]:
         """Text hash -> (vector, tokens), read once from every request folder already in the cache."""
