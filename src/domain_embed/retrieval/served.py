@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from tqdm.auto import tqdm
 
+from domain_embed import distributed
 from domain_embed.config import ServedClientConfig
 from domain_embed.errors import ConfigError, DomainEmbedError
 from domain_embed.rundir import atomic_write_json, publish_dir
@@ -220,17 +221,34 @@ class ServedEmbedder:
         return self._vectors
 
     def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
+        """Under a launcher rank 0 alone sends what is missing (one bill, not one per rank); the others then read
+        the vectors from the cache they share, and raise rank 0's error as their own."""
         sent = [prompt + t for t in texts]
         hashes = [text_hash(s) for s in sent]
+        n_sent, failure = distributed.main_only(self._fetch)(sent, hashes, what)
+        if not distributed.is_main() and n_sent:
+            self._vectors = None  # rank 0 added to the cache on disk
+        if failure is not None:
+            raise {c.__name__: c for c in (ServedError, ServedUnreachable)}[failure[0]](failure[1])
+        cached = self._cached()
+        return np.stack([cached[h][0] for h in hashes]) if hashes else np.empty((0, self._dim or 0), np.float32)
+
+    def _fetch(self, sent: list[str], hashes: list[str], what: str) -> tuple[int, tuple[str, str] | None]:
+        """Sends the texts not cached yet; returns how many, and the failure as (type name, message)."""
         cached = self._cached()
         todo = {h: s for h, s in zip(hashes, sent, strict=True) if h not in cached}
-        self.stats.cache_hits += len(texts) - len(todo)
-        if todo:
-            t0 = time.perf_counter()
+        self.stats.cache_hits += len(sent) - len(todo)
+        if not todo:
+            return 0, None
+        t0 = time.perf_counter()
+        try:
             self._send(list(todo.values()), list(todo), what)
+        except (ServedError, ServedUnreachable) as exc:
+            return len(todo), (exc.__class__.__name__, str(exc))
+        finally:
             self.stats.wall[what] = self.stats.wall.get(what, 0.0) + time.perf_counter() - t0
-            self.stats.sent[what] = self.stats.sent.get(what, 0) + len(todo)
-        return np.stack([cached[h][0] for h in hashes]) if hashes else np.empty((0, self._dim or 0), np.float32)
+        self.stats.sent[what] = self.stats.sent.get(what, 0) + len(todo)
+        return len(todo), None
 
     def _batches(self, texts: list[str]) -> list[slice]:
         """Consecutive runs of at most `batch_size` texts and `max_batch_tokens` tokens (a longer text goes alone)."""
