@@ -121,7 +121,8 @@ def test_model_kind_from_the_name_or_the_override():
     assert [model_kind(n) for n in ("nlpaueb/legal-bert-base-uncased", "voyage-law-2", "Fin-E5", "BioBERT",
                                     "PubMedBERT", "MedCPT")] == ["domain"] * 6
     assert [model_kind(n) for n in ("minilm", "bge-small", "e5-base", "qwen3-embedding-0.6b", "bert-medium",
-                                    "intfloat/multilingual-e5-large")] == ["general"] * 6
+                                    "intfloat/multilingual-e5-large", "outputs/obliqa/minilm-full/finetune/model",
+                                    "bge-small-finetuned")] == ["general"] * 8
     assert model_kind("/models/tuned", domain_models=["/models/tuned"]) == "domain"
 
 

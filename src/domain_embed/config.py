@@ -281,18 +281,43 @@ class BudgetConfig:
 
 
 @dataclass
+class ServedClientConfig:
+    """How `compare` talks to a served candidate (`domain_embed.retrieval.served`): the openai client, bounded."""
+
+    batch_size: int = 64  # texts per request
+    max_batch_tokens: int = 100_000  # tokens per request (OpenAI allows 300k); estimated where no tokenizer is known
+    concurrency: int = 4  # requests in flight at once
+    max_retries: int = 5  # 408/409/429/5xx, timeouts, lost connections: exponential back-off, Retry-After honoured
+    timeout_s: float = 60.0  # per request
+
+
+@dataclass
 class CompareConfig:
     """Stage `compare`: candidate models on the user's own data, the article's model-selection guide."""
 
-    models: list[str] = field(default_factory=list)  # conf/model names, local paths or hub ids
+    # conf/model names, local paths, hub ids, or served models: `openai:<model>[@dims,...]` or
+    # `<http(s) base url>#<served model name>[@dims,...]` (one row per dims value; python -m train --help)
+    models: list[str] = field(default_factory=list)
     domain_models: list[str] = field(default_factory=list)  # candidates trained on this domain (e.g. legal-bert)
     split: str = "dev"
     mrl_dims: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     chunk_sizes: list[int] = field(default_factory=list)  # extra chunk windows (tokens) to score per model
     max_queries: int | None = None
     throughput_sample: int = 256  # documents encoded uncached to time re-indexing
-    gap_points: float = 0.05  # best dense Recall@10 this far below BM25 means a domain gap: fine-tune
-    mrl_tolerance: float = 0.01  # the smallest dims within this much nDCG@10 of full dims is advised
+    # a fraction, as eval.adopt_min_recall_gain: 0.05 = 5 points. The best general model's Recall@10 this far below
+    # BM25 or a domain model means a domain gap (fine-tune); within it, keep the general model
+    gap_points: float = 0.05
+    mrl_tolerance: float = 0.01  # a fraction of nDCG@10 (0.01 = 1 point): the smallest dims this close to full
+    # served candidates: the corpus leaves this machine for any endpoint not on loopback (127.0.0.0/8, ::1,
+    # localhost); such a candidate is refused, before any request, unless this is true
+    allow_remote: bool = False
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key (the key is never in a config)
+    # USD per 1M input tokens, by served model name, as read on prices_date (override or add: compare.prices.<m>=..)
+    prices: dict[str, float] = field(default_factory=lambda: {"text-embedding-3-small": 0.02,
+                                                              "text-embedding-3-large": 0.13,
+                                                              "text-embedding-ada-002": 0.10})
+    prices_date: str = "2025-06-01"
+    client: ServedClientConfig = field(default_factory=ServedClientConfig)
 
 
 @dataclass

@@ -3,10 +3,11 @@
 A table row is one evaluated candidate model, as the `compare` stage writes it:
 `model`, `kind` ("general" | "domain"), `metrics` (means such as `recall@10`, `ndcg@10`), `dims`,
 `window` (`effective` tokens), `doc_tokens` (length statistics of the corpus with the model's own tokenizer,
-`over_limit` / `share_over_limit` against that window), `chunked` (whether long documents were split into windows
-rather than cut by the model), `mrl_trained` (True, False or None for unknown),
-`mrl_curve` (`[{"dims": d, "ndcg@10": ...}, ...]`, the full dimension last), `chunk_sizes`
-(`[{"size": s, "ndcg@10": ...}, ...]`), `mteb_retrieval` and `throughput` (`docs_per_s`).
+`over_limit` / `share_over_limit` against that window; None for a served model with no tokenizer known offline),
+`chunked` (whether long documents were split into windows rather than cut by the model), `mrl_trained` (True,
+False or None for unknown), `mrl_curve` (`[{"dims": d, "ndcg@10": ...}, ...]`, the full dimension last),
+`chunk_sizes` (`[{"size": s, "ndcg@10": ...}, ...]`), `mteb_retrieval` and `throughput` (`docs_per_s`, None where
+not measured). A served model at each requested dimension is a row of its own.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ FINE_TUNE_STAGES = "stages=[mine,triplets,finetune,evaluate]"
 MIN_TRIPLETS = 500  # the article's minimum viable fine-tuning set
 
 # a name that starts a word with one of these is a domain model (legal-bert, voyage-law-2, Fin-E5, BioBERT,
-# PubMedBERT, MedCPT, ChemBERTa); "medium" is a size, not a domain
-_DOMAIN_NAME = re.compile(r"(?<![a-z])(legal|law|fin|med(?!ium)|clinic|bio|pubmed|chem)", re.IGNORECASE)
+# PubMedBERT, MedCPT, ChemBERTa); "medium" is a size and "fine"(-tuned) a method, not a domain (a run's
+# finetune/model is listed in compare.domain_models when it is meant as one)
+_DOMAIN_NAME = re.compile(r"(?<![a-z])(legal|law|fin(?!e)|med(?!ium)|clinic|bio|pubmed|chem)", re.IGNORECASE)
 
 
 def model_kind(name: str, domain_models: list[str] | tuple[str, ...] = ()) -> str:
@@ -38,11 +40,13 @@ def reencode_hours(docs_per_s: float, n_docs: int = MILLION) -> float:
     return n_docs / docs_per_s / 3600 if docs_per_s > 0 else math.inf
 
 
-def reindex_cost(dims: list[int], docs_per_s: float) -> dict:
-    """What re-indexing one million documents costs at each candidate dimension."""
+def reindex_cost(dims: list[int], docs_per_s: float | None, usd_per_doc: float | None = None) -> dict:
+    """What re-indexing one million documents costs at each candidate dimension: storage, hours at the measured
+    throughput (None: not measured), and for a paid API its bill (None: no price known)."""
     return {"gb_per_million_docs": {dtype: {str(d): round(storage_gb(d, bytes_per_value=size), 4) for d in dims}
                                     for dtype, size in (("float32", 4), ("float16", 2))},
-            "hours_per_million_docs": round(reencode_hours(docs_per_s), 3)}
+            "hours_per_million_docs": None if docs_per_s is None else round(reencode_hours(docs_per_s), 3),
+            "usd_per_million_docs": None if usd_per_doc is None else round(usd_per_doc * MILLION, 2)}
 
 
 def rank(rows: list[dict], metric: str = "ndcg@10") -> list[dict]:
@@ -59,7 +63,7 @@ def rank_correlation(rows: list[dict], metric: str = "ndcg@10") -> dict:
     from scipy.stats import spearmanr
 
     pairs = [(r["model"], r["mteb_retrieval"], r["metrics"][metric]) for r in rows
-             if r.get("mteb_retrieval") is not None]
+             if r.get("mteb_retrieval") is not None and not r.get("endpoint")]  # a served row repeats its twin's
     out = {"metric": metric, "n": len(pairs), "models": [p[0] for p in pairs], "spearman": None, "p_value": None}
     if len(pairs) < 3:
         out["note"] = f"needs at least 3 evaluated models with a published MTEB retrieval score, have {len(pairs)}"
@@ -71,7 +75,8 @@ def rank_correlation(rows: list[dict], metric: str = "ndcg@10") -> dict:
 
 
 def domain_gap(rows: list[dict], bm25: dict | None, gap_points: float, metric: str = "recall@10") -> dict:
-    """Guide step 1: does the best general model trail the best candidate (or BM25) by more than `gap_points`?"""
+    """Guide step 1: does the best general model trail the best candidate (or BM25) by more than `gap_points`, a
+    fraction (0.05 = 5 points)? Served and local candidates alike: each row is one model at one dimension."""
     general = [r for r in rows if r["kind"] == "general"]
     systems = [(r["model"], r["kind"], r["metrics"][metric]) for r in rows]
     if bm25 is not None:
@@ -109,11 +114,11 @@ def best_chunk_size(row: dict, metric: str = "ndcg@10") -> dict | None:
 
 def context_advice(rows: list[dict], metric: str = "ndcg@10") -> list[str]:
     """Guide: documents longer than a model's window are cut unless chunked; say so per model, with the fix."""
-    fits = [r["model"] for r in rows if r["doc_tokens"]["over_limit"] == 0]
+    fits = [r["model"] for r in rows if r["doc_tokens"] and r["doc_tokens"]["over_limit"] == 0]
     lines = []
     for r in rows:
         t, window = r["doc_tokens"], r["window"]["effective"]
-        if t["over_limit"] == 0:
+        if not t or t["over_limit"] == 0:  # no tokenizer known (a served model): nothing to measure it with
             continue
         best = best_chunk_size(r, metric)
         at = (f"at {best['size']} tokens, its best measured chunk size ({metric} {best[metric]:.4f})" if best

@@ -68,22 +68,58 @@ def _mining(m: dict, training: dict) -> str:
             f"{m['pairs_without_negative']} pairs had no negative left.")
 
 
+def _with_ci(r: dict, metric: str) -> str:
+    ci = (r.get("ci95") or {}).get(metric)
+    return f"{r['metrics'][metric]:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def _tokens_cost(r: dict) -> list[str]:
+    """Tokens to embed the corpus (the server's `usage` for a served model, the own tokenizer's count for a local
+    one) and what that costs at the dated price (local: compute only, see docs/s)."""
+    tokens = (r.get("tokens") or {}).get("corpus")
+    cost = r.get("cost") or {}
+    usd = cost.get("corpus_usd")
+    return [_or_dash(tokens, ",.0f"), "self-hosted" if not r.get("endpoint") else
+            (f"${usd:.4f}" if usd is not None else "no price")]
+
+
 def compare_table(c: dict) -> str:
-    """One row per candidate, best first, with what re-indexing a million documents would cost."""
+    """One row per candidate (a served model once per requested dimension), best first, with 95% bootstrap CIs and
+    what embedding this corpus and re-indexing a million documents would cost."""
     rows = []
     for r in c["rows"]:
-        m, w, t = r["metrics"], r["window"], r["throughput"]
-        gb = r["reindex"]["gb_per_million_docs"]["float32"][str(r["dims"])]
+        w, t, x = r["window"], r["throughput"], r["reindex"]
+        gb = x["gb_per_million_docs"]["float32"][str(r["dims"])]
+        over = f"{r['doc_tokens']['share_over_limit']:.1%}" if r["doc_tokens"] else "unknown"
         rows.append([str(r["domain_rank"]), r["model"], r["kind"], _or_dash(r["mteb_retrieval"]),
-                     f"{m['ndcg@10']:.4f}", f"{m['recall@10']:.4f}", f"{m['mrr@10']:.4f}", str(r["dims"]),
-                     str(w["effective"]), f"{r['doc_tokens']['share_over_limit']:.1%}", f"{t['docs_per_s']:.1f}",
-                     f"{gb:.2f}", f"{r['reindex']['hours_per_million_docs']:.1f}", _or_dash(r["licence"])])
+                     *[_with_ci(r, m) for m in ("ndcg@10", "recall@10", "mrr@10")], str(r["dims"]),
+                     _or_dash(w["effective"]), over, *_tokens_cost(r), _or_dash(t["docs_per_s"], ".1f"),
+                     f"{gb:.2f}", _or_dash(x["hours_per_million_docs"], ".1f"),
+                     _or_dash(x.get("usd_per_million_docs"), ",.2f"), _or_dash(r["licence"])])
     if c.get("bm25"):
         b = c["bm25"]
         rows.append(["", "bm25", "lexical", "-", f"{b['ndcg@10']:.4f}", f"{b['recall@10']:.4f}", f"{b['mrr@10']:.4f}",
-                     *["-"] * 7])
-    return table(["rank", "model", "kind", "MTEB retrieval", "nDCG@10", "Recall@10", "MRR@10", "dims", "window",
-                  "docs over window", "docs/s", "GB / 1M docs (fp32)", "hours to re-encode 1M", "licence"], rows)
+                     *["-"] * 10])
+    return table(["rank", "model", "kind", "MTEB retrieval", "nDCG@10 [95% CI]", "Recall@10 [95% CI]",
+                  "MRR@10 [95% CI]", "dims", "window", "docs over window", "corpus tokens", "corpus cost (USD)",
+                  "docs/s", "GB / 1M docs (fp32)", "hours to re-encode 1M", "USD to re-embed 1M", "licence"], rows)
+
+
+def _compare_notes(c: dict) -> list[str]:
+    """Where the corpus went (served candidates), how each row's tokens were counted, and the price table's date."""
+    out = []
+    if c.get("corpus_sent_to"):
+        where = ", ".join(f"`{s['model']}` ({s['endpoint']}, {'off this machine' if s['remote'] else 'loopback'})"
+                          for s in c["corpus_sent_to"])
+        out.append(f"**Data egress:** the corpus was sent to {where}.")
+    audits = [f"`{r['model']}`: {r['token_audit']}" for r in c["rows"] if r.get("endpoint")]
+    if audits:
+        out.append("Token audit of served models: " + "; ".join(audits) + ".")
+    dates = sorted({r["cost"]["prices_date"] for r in c["rows"] if (r.get("cost") or {}).get("prices_date")})
+    if dates:
+        out.append(f"Costs use `compare.prices` (USD per 1M tokens, as of {', '.join(dates)}) and the tokens each "
+                   "server reported (`usage`).")
+    return out
 
 
 def _rounds(training: dict) -> str:
@@ -191,7 +227,8 @@ def render_markdown(report: dict) -> str:
     if "compare" in report:
         c = report["compare"]
         out += ["", f"## Choosing a model ({c['split']} split, {c['n_queries']} queries, {c['documents']} documents)",
-                "", compare_table(c), "", "**Model-selection guide:**",
+                "", compare_table(c), *[x for note in _compare_notes(c) for x in ("", note)], "",
+                "**Model-selection guide:**",
                 *[f"- {line}" for line in c["recommendation"]["lines"]]]
         if c["rank_correlation"].get("spearman") is not None:
             rc = c["rank_correlation"]
