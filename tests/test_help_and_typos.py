@@ -48,9 +48,8 @@ def test_help_teaches_stages_examples_groups_and_outputs_without_a_config_dump()
     assert len(out.splitlines()) < 60
 
 
-def test_a_user_error_is_printed_once_and_kept_in_the_run_log(tmp_path):
-    proc = _train("+domain=beir", "data.path=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
+def test_a_user_error_before_any_stage_is_printed_once_and_leaves_no_folder(tmp_path):
+    proc = _train("+domain=beir", "data.path=/nonexistent", f"hydra.run.dir={tmp_path / 'outputs' / 'x' / 'run'}")
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).count("BEIR directory not found") == 1
-    (attempt,) = (tmp_path / "run" / "attempts").iterdir()  # a failed attempt keeps its log apart
-    assert "BEIR directory not found" in (attempt / "train.log").read_text()
+    assert list(tmp_path.iterdir()) == []  # not even outputs/: a typo'd path leaves nothing named after it

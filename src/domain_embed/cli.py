@@ -31,12 +31,14 @@ _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
 
 
 def _fail(message: str) -> None:
-    """The message once on the console (the `error:` line) and once in the run's log file, then exit 2."""
+    """The message once on the console (the `error:` line) and once in the attempt's log file, then exit 2. A start
+    that fails before any stage finished removes the folders it created (attempts.discard_if_nothing_finished)."""
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
     print(f"error: {message}", file=sys.stderr)
+    attempts.discard_if_nothing_finished()
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -45,6 +47,7 @@ class OutputDirCheck(Callback):
     read-only or full location is one line, not a traceback from Hydra's logging set-up."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        attempts.claim(config.hydra.run.dir)
         _probe(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
