@@ -53,3 +53,13 @@ def test_a_user_error_before_any_stage_is_printed_once_and_leaves_no_folder(tmp_
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).count("BEIR directory not found") == 1
     assert list(tmp_path.iterdir()) == []  # not even outputs/: a typo'd path leaves nothing named after it
+
+
+def test_cfg_job_resolve_prints_the_run_directory_and_creates_nothing(tmp_path):
+    run = tmp_path / "outputs" / "run"
+    proc = subprocess.run([sys.executable, "-m", "train", "+domain=legal", "data.path=/data/obliqa",
+                           f"hydra.run.dir={run}", "--cfg", "job", "--resolve"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"run_dir: {run}\n" in proc.stdout and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
