@@ -46,6 +46,13 @@ def test_help_teaches_stages_examples_groups_and_outputs_without_a_config_dump()
         assert needed in out, needed
     assert "learning_rate:" not in out  # no 180-line config dump
     assert len(out.splitlines()) < 60
+    assert "\naccelerate:" not in out and "not a group but launcher configs" in out  # launcher files, not a group
+    assert "outputs/<data>/<model.name>-<budget.name>/" in out and "hash of its path" in out  # as hydra.run.dir
+
+
+@pytest.mark.parametrize("arg", ["+accelerate=single_gpu", "accelerate=multi_gpu"])
+def test_accelerate_is_named_as_launcher_configs_not_a_group(arg):
+    assert overrides.check(["+domain=legal", arg]).startswith("accelerate is not a config group: conf/accelerate/")
 
 
 def test_a_user_error_before_any_stage_is_printed_once_and_leaves_no_folder(tmp_path):

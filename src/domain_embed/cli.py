@@ -128,4 +128,6 @@ def main() -> None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     register_configs()
+    if not OmegaConf.has_resolver("de.config_groups"):
+        OmegaConf.register_new_resolver("de.config_groups", overrides.groups_help)
     _hydra_main()
