@@ -1,11 +1,14 @@
-"""A failed attempt into a finished run directory leaves the run's record byte-identical; its own config and log
-are kept apart under attempts/."""
+"""A failed attempt into a finished run directory leaves the run's record byte-identical; a failure before any stage
+finished leaves no folder of its own, a later one keeps its config and log apart under attempts/."""
 
 import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from domain_embed import attempts
 
 
 def _train(*args):
@@ -32,7 +35,21 @@ def test_a_failed_attempt_leaves_a_finished_run_byte_identical(tiny_beir, tiny_m
     failed = _train(*common, "data.path=/nonexistent")
     assert failed.returncode == 2
     assert _snapshot(run) == before  # .hydra/config.yaml, overrides.yaml, train.log, report.*, stage folders
-    attempts = sorted((run / "attempts").iterdir())
-    assert len(attempts) == 2
-    assert "path: /nonexistent\n" in (attempts[-1] / ".hydra" / "config.yaml").read_text()
-    assert "BEIR directory not found" in (attempts[-1] / "train.log").read_text()
+    assert len(list((run / "attempts").iterdir())) == 1  # the failed start (no stage finished) left no folder
+
+
+def test_an_attempt_that_finished_a_stage_keeps_its_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(attempts, "STARTED", time.time() - 1)  # file times can be coarser than time.time()
+    run = tmp_path / "outputs" / "run"
+    attempts.claim(run)
+    attempts.attempt_file(str(run), "train.log")
+    (run / "audit").mkdir()
+    (run / "audit" / "manifest.json").write_text("{}")
+    attempts.discard_if_nothing_finished()
+    assert (run / "attempts" / attempts.ATTEMPT_ID).is_dir()
+
+    (run / "audit" / "manifest.json").unlink()
+    attempts.claim(tmp_path / "outputs" / "other")
+    attempts.attempt_file(str(tmp_path / "outputs" / "other"), "train.log")
+    attempts.discard_if_nothing_finished()
+    assert not (tmp_path / "outputs" / "other").exists() and run.is_dir()  # only what this attempt created

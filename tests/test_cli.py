@@ -64,3 +64,29 @@ def test_bad_data_is_one_line_naming_file_line_and_field(args, tmp_path, tiny_be
 def test_missing_model_path_is_a_clear_error(args, tmp_path):
     proc = _train(tmp_path, *args, f"model.path={tmp_path / 'no-model'}")
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_smoke_run_console_is_quiet_ends_with_the_recommendation_and_follows_the_umask(tiny_beir, tiny_model,
+                                                                                        tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "train", "+domain=beir", f"data.path={tiny_beir}",
+                           f"model.path={tiny_model}", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
+                           "budget=smoke", "training.batch_size=4"], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=600, preexec_fn=lambda: os.umask(0o002))
+    stdout, stderr = proc.stdout.decode(), proc.stderr.decode()  # bytes: a bar's \r redraws are not lines
+    assert proc.returncode == 0, stderr[-2000:]
+    # one bar at a time, the run's own: no evaluator, model load/save or dataset bars nested in the training bar
+    for library_bar in ("Batches", "Corpus Chunks", "Loading weights", "Writing model shards", "Saving the dataset"):
+        assert library_bar not in stderr, library_bar
+    assert stderr.count("\n") < 15  # 40 lines with the library bars
+    assert "{'loss'" not in stdout + stderr and "{'eval_" not in stdout + stderr  # no raw dicts
+    assert "[sentence_transformers" not in stdout and "Information Retrieval Evaluation" not in stdout
+    assert "step 2/2: dev_cosine_ndcg@10" in stdout  # each dev evaluation: one line
+    report = json.loads((run / "report.json").read_text())
+    *_, recommendation, where = stdout.strip().splitlines()
+    assert recommendation.endswith(f"recommendation: {report['recommendation']['system']} "
+                                   f"({report['recommendation']['reason']})")
+    assert where.endswith(f"report: {run}/report.md (corpus encodes this run: 2)")
+    for path in ("report.md", "report.json", "finetune/model/model.safetensors", "finetune/model/README.md"):
+        assert oct((run / path).stat().st_mode & 0o777) == oct(0o664), path

@@ -30,3 +30,9 @@ def test_two_beir_folders_with_the_same_domain_get_two_run_directories(tmp_path)
 def test_a_local_folder_makes_the_config_say_it_loads_the_folder(tmp_path):
     assert OmegaConf.select(_compose("+domain=legal", f"data.path={tmp_path}"), "data.source") == "beir"
     assert OmegaConf.select(_compose("+domain=legal"), "data.source") == "hub"
+
+
+def test_the_smoke_budget_logs_the_loss_often_enough_for_a_curve():
+    training = _compose("+domain=legal", "budget=smoke").training
+    assert training.eval_steps % training.logging_steps == 0  # every dev evaluation has a loss point beside it
+    assert training.eval_steps // training.logging_steps >= 4  # a smoke run (~18 steps) draws 8 or more points

@@ -46,11 +46,27 @@ def test_help_teaches_stages_examples_groups_and_outputs_without_a_config_dump()
         assert needed in out, needed
     assert "learning_rate:" not in out  # no 180-line config dump
     assert len(out.splitlines()) < 60
+    assert "\naccelerate:" not in out and "not a group but launcher configs" in out  # launcher files, not a group
+    assert "outputs/<data>/<model.name>-<budget.name>/" in out and "hash of its path" in out  # as hydra.run.dir
 
 
-def test_a_user_error_is_printed_once_and_kept_in_the_run_log(tmp_path):
-    proc = _train("+domain=beir", "data.path=/nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
+@pytest.mark.parametrize("arg", ["+accelerate=single_gpu", "accelerate=multi_gpu"])
+def test_accelerate_is_named_as_launcher_configs_not_a_group(arg):
+    assert overrides.check(["+domain=legal", arg]).startswith("accelerate is not a config group: conf/accelerate/")
+
+
+def test_a_user_error_before_any_stage_is_printed_once_and_leaves_no_folder(tmp_path):
+    proc = _train("+domain=beir", "data.path=/nonexistent", f"hydra.run.dir={tmp_path / 'outputs' / 'x' / 'run'}")
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).count("BEIR directory not found") == 1
-    (attempt,) = (tmp_path / "run" / "attempts").iterdir()  # a failed attempt keeps its log apart
-    assert "BEIR directory not found" in (attempt / "train.log").read_text()
+    assert list(tmp_path.iterdir()) == []  # not even outputs/: a typo'd path leaves nothing named after it
+
+
+def test_cfg_job_resolve_prints_the_run_directory_and_creates_nothing(tmp_path):
+    run = tmp_path / "outputs" / "run"
+    proc = subprocess.run([sys.executable, "-m", "train", "+domain=legal", "data.path=/data/obliqa",
+                           f"hydra.run.dir={run}", "--cfg", "job", "--resolve"], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"run_dir: {run}\n" in proc.stdout and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

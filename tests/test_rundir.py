@@ -1,12 +1,13 @@
 import errno
 import os
+import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from domain_embed.rundir import RunDir, atomic_write_text, publish_dir, stable_hash
+from domain_embed.rundir import RunDir, atomic_write_json, atomic_write_text, publish_dir, stable_hash
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -110,3 +111,20 @@ def test_concurrent_publishers_leave_one_whole_copy(tmp_path):
         list(pool.map(write, range(8)))  # re-raises a writer's error
     assert len(set(_tree(final).values())) == 1 and sorted(_tree(final)) == ["a", "b", "c"]
     assert os.listdir(tmp_path) == ["key"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_written_files_and_folders_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.md", "# report")
+        atomic_write_json(tmp_path / "report.json", {"a": 1})
+        with publish_dir(tmp_path / "model") as tmp:
+            atomic_write_text(tmp / "README.md", "card")
+            (tmp / "model.safetensors").write_bytes(b"")
+            (tmp / "model.safetensors").chmod(0o600)  # as safetensors leaves it (a private temp file, renamed)
+    finally:
+        os.umask(old)
+    for path, full in [("report.md", 0o666), ("report.json", 0o666), ("model", 0o777), ("model/README.md", 0o666),
+                       ("model/model.safetensors", 0o666)]:
+        assert stat.S_IMODE((tmp_path / path).stat().st_mode) == full & ~umask, path

@@ -1,39 +1,21 @@
 """W&B offline (no network) holds the training history; tracking=none logs nothing."""
 
 import json
-import struct
+import subprocess
+import sys
 
 import pytest
 
 from domain_embed.context import RunContext
 from domain_embed.pipeline import run_pipeline
 
-_BLOCK = 32 * 1024
 
-
-def read_wandb_records(path):
-    """Records of a W&B 0.31 offline .wandb file (a LevelDB-style log: 7-byte file header, 32 KiB blocks,
-    7-byte record headers crc u32 / length u16 / type u8 with full/first/middle/last = 1/2/3/4)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    pos, pending, records = 7, b"", []
-    while pos + 7 <= len(data):
-        if _BLOCK - pos % _BLOCK < 7:  # block trailer too small for a header: padding
-            pos += _BLOCK - pos % _BLOCK
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 0:
-            continue
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-    return records
+def wandb_inspect(run_file, *flags):
+    """The run's transaction log as wandb's own reader sees it (`wandb leet inspect --json`): one JSON object
+    per record, or the run's state, summary and config with --summary."""
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", str(run_file), "--json", *flags],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return json.loads(out) if "--summary" in flags else [json.loads(line) for line in out.splitlines()]
 
 
 @pytest.fixture
@@ -43,24 +25,26 @@ def overrides(tiny_beir, tiny_model, tmp_path):
 
 
 def test_wandb_offline_run_holds_history(make_config, overrides, tmp_path, monkeypatch):
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # must never appear in outputs
     run = tmp_path / "run"
     report = run_pipeline(RunContext(make_config(run, *overrides, "tracking=wandb"), run))
+    # run.finish() returns before wandb-core closes the run's stream, and only that close writes the transaction
+    # log's last, partly filled 32 KiB block (where the summary and exit records are); teardown waits for it, as the
+    # CLI's exit does
+    wandb.teardown()
     files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    records = read_wandb_records(files[0])
-    history = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-               for r in records if r.HasField("history") for item in r.history.item}
-    assert "train/loss" in history and "train/learning_rate" in history and "train/grad_norm" in history
-    assert "eval/dev_cosine_ndcg@10" in history
-    summary = {item.key or "/".join(item.nested_key): item.value_json
-               for r in records if r.HasField("summary") for item in r.summary.update}
-    assert json.loads(summary["tuned/ndcg@10"]) == pytest.approx(report["metrics"]["tuned"]["ndcg@10"])
+    state = wandb_inspect(files[0], "--summary")
+    assert state["state"] == "finished" and state["exit_code"] == 0
+    history = {key for r in wandb_inspect(files[0]) if r["type"] == "history" for key in r["history"]["item"]}
+    assert {"train/loss", "train/learning_rate", "train/grad_norm", "eval/dev_cosine_ndcg@10"} <= history
+    summary = state["summary"]
+    assert summary["tuned/ndcg@10"] == pytest.approx(report["metrics"]["tuned"]["ndcg@10"])
     assert "mining/train_triplets" in summary
-    config_keys = {item.key for r in records for cfg in ([r.config] if r.HasField("config") else [])
-                   + ([r.run.config] if r.HasField("run") else []) for item in cfg.update}
-    assert {"training", "mining", "data"} <= config_keys
+    assert {"training", "mining", "data"} <= set(state["config"])
     for path in [run / "report.json", run / "report.md", run / "finetune" / "model" / "README.md"]:
         assert "x" * 40 not in path.read_text()
 

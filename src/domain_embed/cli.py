@@ -31,12 +31,14 @@ _WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQ
 
 
 def _fail(message: str) -> None:
-    """The message once on the console (the `error:` line) and once in the run's log file, then exit 2."""
+    """The message once on the console (the `error:` line) and once in the attempt's log file, then exit 2. A start
+    that fails before any stage finished removes the folders it created (attempts.discard_if_nothing_finished)."""
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
     print(f"error: {message}", file=sys.stderr)
+    attempts.discard_if_nothing_finished()
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -45,6 +47,7 @@ class OutputDirCheck(Callback):
     read-only or full location is one line, not a traceback from Hydra's logging set-up."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        attempts.claim(config.hydra.run.dir)
         _probe(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -79,12 +82,35 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def _summary_lines(report: dict) -> list[str]:
-    lines = [f"report: {report['run']['dir']}/report.md (corpus encodes this run: "
-             f"{report['cost']['corpus_encodes_this_run']})"]
+    """The run's last console lines: each system's headline metrics, then the recommendation and where the report
+    is, so that the end of the console says what to use and where to read why."""
+    lines = []
     for system, values in report["metrics"].items():
         shown = ", ".join(f"{m}={values[m]:.4f}" for m in ("ndcg@10", "recall@10", "mrr@10") if m in values)
-        lines.append(f"  {system:>10}: {shown}")
+        lines.append(f"  {system:>12}: {shown}")
+    if rec := report.get("recommendation"):
+        lines.append(f"recommendation: {rec['system'] or 'none'} ({rec['reason']})")
+    lines.append(f"report: {report['run']['dir']}/report.md (corpus encodes this run: "
+                 f"{report['cost']['corpus_encodes_this_run']})")
     return lines
+
+
+# libraries whose INFO lines (each dev evaluation's 12 lines, every model load and save) and progress bars drown the
+# run's own log; verbose=true keeps them
+_LIBRARIES = ("sentence_transformers", "transformers", "datasets", "accelerate", "huggingface_hub", "faiss.loader",
+              "bm25s", "httpx", "urllib3")
+
+
+def _quiet_libraries() -> None:
+    """Library loggers to WARNING and library progress bars off (model loads and saves, dataset writes): the console
+    shows one bar at a time, the run's own (encodes, training)."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    for name in _LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    transformers_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://domain_embed.conf", config_name="config")
@@ -92,8 +118,8 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     from domain_embed.context import RunContext
     from domain_embed.pipeline import run_pipeline
 
-    for noisy in ("faiss.loader", "bm25s", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not dcfg.get("verbose"):
+        _quiet_libraries()
     if unknown := unknown_keys(dcfg):
         _fail(f"unknown config key(s) {', '.join(unknown)}: not in the typed config (check the spelling)")
     log.info("run directory: %s (data: %s, model: %s, budget: %s)", Path(dcfg.run_dir).resolve(),
@@ -125,4 +151,6 @@ def main() -> None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     register_configs()
+    if not OmegaConf.has_resolver("de.config_groups"):
+        OmegaConf.register_new_resolver("de.config_groups", overrides.groups_help)
     _hydra_main()

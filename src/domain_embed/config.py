@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -337,7 +338,7 @@ class RootConfig:
     device: str = "auto"  # where models encode and train: auto | cpu | cuda
     cache_dir: str = "${oc.env:DOMAIN_EMBED_CACHE,${oc.env:HOME,.}/.cache/domain_embed}"
     verbose: bool = False
-    run_dir: str = "${hydra:runtime.output_dir}"
+    run_dir: str = "${de.job_dir:}"
     # where sweep jobs share audit/baseline/mine/triplets outputs; a multirun defaults it to <sweep dir>/shared
     shared_dir: str | None = None
 
@@ -351,6 +352,17 @@ def data_key(name: str, path: str | None) -> str:
     return f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
 
 
+def job_dir() -> str:
+    """The job's folder: Hydra's runtime.output_dir (the run directory, or <sweep dir>/<n> in a multirun). Hydra
+    sets it only when a job starts, so `--cfg job --resolve` shows the run directory a single run would use."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
+        return os.path.abspath(hydra_cfg.run.dir)
+    return hydra_cfg.runtime.output_dir
+
+
 def source_for(path: str | None, source: str) -> str:
     """What a domain config loads: a local folder (data.path) wins over the domain's own source, and the
     resolved config (report.json, `--cfg job --resolve`) says so."""
@@ -361,6 +373,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=RootConfig)
     for name, resolver in (("de.data_key", data_key), ("de.source", source_for), ("de.attempt_id", lambda: ATTEMPT_ID),
-                           ("de.attempt_file", attempt_file)):
+                           ("de.attempt_file", attempt_file), ("de.job_dir", job_dir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -15,6 +15,8 @@ from pathlib import Path
 from domain_embed.config import RootConfig
 
 _CONF = Path(__file__).resolve().parent / "conf"
+# conf/accelerate/*.yaml are files for `accelerate launch --config_file`, not a Hydra group: `+accelerate=x` fails
+LAUNCHER_CONFIGS = "accelerate"
 
 
 def _fields(cls: type) -> dict[str, typing.Any]:
@@ -39,7 +41,15 @@ def _known_paths(cls: type = RootConfig, prefix: str = "") -> dict[str, bool]:
 
 def _groups() -> set[str]:
     """Config groups (`model=bge-small`, `hydra/launcher=slurm`): folders of the packaged config tree."""
-    return {str(p.relative_to(_CONF)) for p in _CONF.rglob("*") if p.is_dir() and any(p.glob("*.yaml"))}
+    return {str(p.relative_to(_CONF)) for p in _CONF.rglob("*") if p.is_dir() and any(p.glob("*.yaml"))} - {
+        LAUNCHER_CONFIGS}
+
+
+def groups_help() -> str:
+    """`--help`'s list of config groups and their options. Hydra's own list ($APP_CONFIG_GROUPS) shows every folder
+    of the config tree, conf/accelerate included."""
+    return "\n".join(f"{group}: {', '.join(sorted(p.stem for p in (_CONF / group).glob('*.yaml')))}"
+                     for group in sorted(_groups()) if not group.startswith("hydra/"))
 
 
 def check(args: list[str]) -> str | None:
@@ -48,6 +58,9 @@ def check(args: list[str]) -> str | None:
     `+key=...` (adding), `~key` (deleting), Hydra's own keys and flags are left to Hydra."""
     known, groups = _known_paths(), _groups()
     for arg in args:
+        if arg.lstrip("+~").split("=", 1)[0] == LAUNCHER_CONFIGS:
+            return (f"{LAUNCHER_CONFIGS} is not a config group: conf/{LAUNCHER_CONFIGS}/*.yaml configure the launcher "
+                    f"(accelerate launch --config_file conf/{LAUNCHER_CONFIGS}/multi_gpu.yaml -m train ...)")
         if arg.startswith(("-", "+", "~")) or "=" not in arg:
             continue
         key = arg.split("=", 1)[0].strip()

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,17 +46,18 @@ def stable_hash(obj: Any) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half. The temp file
+    is created like any other file (0666 less the umask): mkstemp's 0600 would become the published file's mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -91,12 +92,24 @@ def publish_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()  # not mkdtemp: its 0700 would become the published folder's mode
     try:
         yield tmp
+        _follow_umask(tmp)
         if _identity(final) == seen:
             _swap_in(tmp, final)
         else:
             log.info("%s was published by another writer meanwhile: keeping theirs", final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was renamed into place
+
+
+def _follow_umask(folder: Path) -> None:
+    """Grants each file under `folder` what the umask allows: libraries that write through a private temp file
+    (safetensors: model.safetensors) leave 0600, which other users of a shared run directory could not read. The
+    umask is read off `folder` itself, made with mkdir's 0777 (os.umask would have to change it to read it)."""
+    allowed = 0o666 & stat.S_IMODE(folder.stat().st_mode)
+    for path in folder.rglob("*"):
+        mode = path.lstat().st_mode
+        if stat.S_ISREG(mode) and stat.S_IMODE(mode) | allowed != stat.S_IMODE(mode):
+            path.chmod(stat.S_IMODE(mode) | allowed)
 
 
 def _swap_in(tmp: Path, final: Path) -> None:

@@ -271,6 +271,10 @@ def test_an_unreachable_hub_is_one_line_with_the_fix_and_no_retries(monkeypatch)
     assert "data.path=<a BEIR folder>" in message and "HF_HUB_OFFLINE=1" in message and "\n" not in message
 
 
-def test_offline_mode_failure_also_names_the_fix():
-    with pytest.raises(DataError, match=r"data\.path=<a BEIR folder>"):
+def test_offline_mode_failure_also_names_the_fix(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError, match=r"data\.path=<a BEIR folder>") as caught:
         load_domain_data(hub_cfg("no-such-org/no-such-set", adapter=HubAdapter.obliqa))
+    assert "HF_HUB_OFFLINE=1 is set" in str(caught.value) and ", or HF_HUB_OFFLINE=1" not in str(caught.value)

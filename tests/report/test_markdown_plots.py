@@ -161,3 +161,17 @@ def test_plot_titles_name_the_data_set_a_reviewer_knows():
     assert _dataset_name(obliqa) == "RegNLP/ObliQA"  # read from a local copy, still the hub data set
     assert _dataset_name(DataConfig(name="beir", path="/data/scifact")) == "scifact"
     assert _dataset_name(DataConfig(name="beir")) == "beir"
+
+
+def test_triplet_score_plot_is_titled_and_counts_each_negative_once_per_query(figures, tmp_path):
+    from domain_embed.tuning.mining import MinedQuery, MiningResult
+
+    two_positives = MinedQuery("q1", "train", ["d1", "d2"], [0.9, 0.8], ["n1", "n2", "n3"], [0.5, 0.4, 0.3])
+    one_positive = MinedQuery("q2", "train", ["d3"], [0.7], ["n4"], [0.2])
+    result = MiningResult(queries=[two_positives, one_positive])
+    plots.plot_score_distributions(*result.scores(), tmp_path / "scores.png", queries=len(result.queries))
+    ax = figures[-1].axes[0]
+    assert ax.get_title() == "Mined hard negatives vs positives (2 queries)"
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["positives (n=3)", "hard negatives, once per query (n=4)"]  # not 3 + 3 + 1 per pair
+    assert result.stats()["negatives_chosen"] == 4  # what report.md's mining section says

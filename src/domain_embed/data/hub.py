@@ -55,7 +55,14 @@ def load_hub(cfg: HubSourceConfig, skips: SkipLog) -> DomainData:
     return adapt_generic(corpus, queries, qrels, name=cfg.name, splits=cfg.splits, skips=skips)
 
 
-_FIX = "set data.path=<a BEIR folder> to read local files, or HF_HUB_OFFLINE=1 to use only the local cache"
+def _fix() -> str:
+    """What to do next; offering HF_HUB_OFFLINE=1 to a user who already set it would send them in a circle."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return ("set data.path=<a BEIR folder> to read local files (HF_HUB_OFFLINE=1 is set, so only the local cache "
+                "is read: unset it once, with network access, to download the dataset)")
+    return "set data.path=<a BEIR folder> to read local files, or HF_HUB_OFFLINE=1 to use only the local cache"
 
 
 @functools.cache
@@ -78,7 +85,7 @@ def _load(name: str, revision: str | None, *, config: str | None = None, data_fi
           split: str | None = None) -> Any:
     """`datasets.load_dataset`, with any failure (offline, unknown id, bad files) turned into a DataError."""
     if not Path(name).exists() and (reason := _hub_unreachable()):
-        raise DataError(f"cannot load hub dataset '{name}': {reason}; {_FIX}", file=name)
+        raise DataError(f"cannot load hub dataset '{name}': {reason}; {_fix()}", file=name)
     import datasets  # slow to import; only hub sources pay for it
 
     try:
@@ -86,7 +93,7 @@ def _load(name: str, revision: str | None, *, config: str | None = None, data_fi
     except Exception as err:  # datasets raises many unrelated types (ConnectionError, ValueError, ...)
         part = f" (config '{config}')" if config else f" (files '{data_files}')" if data_files else ""
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot load hub dataset '{name}'{part}: {detail}; {_FIX}", file=name) from err
+        raise DataError(f"cannot load hub dataset '{name}'{part}: {detail}; {_fix()}", file=name) from err
 
 
 def _only_split(dataset: Mapping[str, Records], name: str, config: str) -> Records:

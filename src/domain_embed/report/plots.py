@@ -10,14 +10,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
-def plot_score_distributions(positive: list[float], negative: list[float], path: Path) -> Path:
-    """Positive vs mined-negative similarity: overlap means false negatives or too-hard negatives."""
+def plot_score_distributions(positive: list[float], negative: list[float], path: Path, queries: int) -> Path:
+    """Positive vs mined-negative similarity: overlap means false negatives or too-hard negatives. Counts as the
+    report's mining section does: every positive, and each chosen negative once for its query."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.set_title(f"Mined hard negatives vs positives ({queries} queries)", fontsize=10)
     bins = 40
     if positive:
         ax.hist(positive, bins=bins, alpha=0.6, label=f"positives (n={len(positive)})", density=True)
     if negative:
-        ax.hist(negative, bins=bins, alpha=0.6, label=f"hard negatives (n={len(negative)})", density=True)
+        ax.hist(negative, bins=bins, alpha=0.6, label=f"hard negatives, once per query (n={len(negative)})",
+                density=True)
     ax.set_xlabel("base-model cosine similarity to the query")
     ax.set_ylabel("density")
     if positive or negative:

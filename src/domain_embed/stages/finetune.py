@@ -98,7 +98,7 @@ def _remine(ctx: RunContext, model, folder: Path) -> tuple[DatasetDict, dict, in
     distributed.barrier()
     embedder = ctx.make_embedder(dataclasses.replace(ctx.cfg.model, path=str(folder), packaged=None, revision=None))
     result = mine_with(ctx, embedder)
-    data, split_stats, _ = triplet_data(ctx, result, embedder)
+    data, split_stats = triplet_data(ctx, result, embedder)
     return data, {**mining_stats(ctx, result), "split": split_stats}, embedder.stats.corpus_encodes
 
 

@@ -29,9 +29,9 @@ def _inputs(ctx: RunContext) -> dict:
             "min_triplets": ctx.cfg.mining.min_triplets, "dev_split": ctx.cfg.mining.dev_split}
 
 
-def triplet_data(ctx: RunContext, result: MiningResult, embedder: Embedder) -> tuple[DatasetDict, dict, list[dict]]:
+def triplet_data(ctx: RunContext, result: MiningResult, embedder: Embedder) -> tuple[DatasetDict, dict]:
     """Train/dev rows (leak-free) from a mining result; long documents contribute their best window by `embedder`,
-    the model that mined them. Returns the datasets, the split's counts and the rows."""
+    the model that mined them. Returns the datasets and the split's counts."""
     windows = ctx.windows()
     window_texts = windows.texts(ctx.documents)
     window_emb = embedder.encode_documents(window_texts)
@@ -39,7 +39,7 @@ def triplet_data(ctx: RunContext, result: MiningResult, embedder: Embedder) -> t
     rows = build_rows(result, ctx.data.queries, query_emb, {q: i for i, q in enumerate(query_ids)}, window_emb,
                       windows.parents, window_texts, ctx.data.corpus_ids)
     train, dev, split_stats = leak_free_split(rows, ctx.cfg.mining.dev_split, DEV_FRACTION, ctx.cfg.seed)
-    return DatasetDict({"train": to_dataset(train), "dev": to_dataset(dev)}), split_stats, rows
+    return DatasetDict({"train": to_dataset(train), "dev": to_dataset(dev)}), split_stats
 
 
 def _run(ctx: RunContext, out: Path, extras: dict) -> None:
@@ -47,7 +47,7 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     stats = read_json(mine_dir / "stats.json")
     result = MiningResult(queries=[MinedQuery(**json.loads(line)) for line in (mine_dir / "mined.jsonl").open()])
     before = ctx.embedder.stats.corpus_encodes
-    data, split_stats, rows = triplet_data(ctx, result, ctx.embedder)
+    data, split_stats = triplet_data(ctx, result, ctx.embedder)
     train = data["train"]
     data.save_to_disk(str(out / "dataset"))
     n = ctx.cfg.training.num_negatives
@@ -65,8 +65,7 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
             "mnrl_rows": {k: len(v) for k, v in mnrl.items()},
             "training_num_negatives": n, "warnings": warnings}
     atomic_write_json(out / "mining_meta.json", meta)
-    plot_score_distributions([r["positive_score"] for r in rows],
-                             [s for r in rows for s in r["negative_scores"]], out / "scores.png")
+    plot_score_distributions(*result.scores(), out / "scores.png", queries=len(result.queries))
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
 
 

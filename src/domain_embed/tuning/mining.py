@@ -53,9 +53,14 @@ class MiningResult:
     backend: str = ""
     sources: tuple[str, ...] = ("dense",)
 
+    def scores(self) -> tuple[list[float], list[float]]:
+        """Every positive's and every chosen negative's score, each negative once for its query (a query's negatives
+        serve all its positives): the counts stats() reports and triplets/scores.png shows."""
+        return ([s for q in self.queries for s in q.positive_scores],
+                [s for q in self.queries for s in q.negative_scores])
+
     def stats(self) -> dict:
-        pos = np.array([s for q in self.queries for s in q.positive_scores], dtype=np.float64)
-        neg = np.array([s for q in self.queries for s in q.negative_scores], dtype=np.float64)
+        pos, neg = (np.array(values, dtype=np.float64) for values in self.scores())
         summary = {"candidates": self.candidates, "dropped_by_rule": {r: self.dropped.get(r, 0) for r in RULES},
                    "kept_before_sampling": self.kept_before_sampling, "negatives_chosen": int(neg.size),
                    "negatives_random_fill": self.random_fill,

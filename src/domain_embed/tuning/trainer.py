@@ -37,6 +37,7 @@ from domain_embed.config import LoraConfig, TrainingConfig
 from domain_embed.errors import ConfigError
 from domain_embed.rundir import publish_dir
 from domain_embed.tuning.losses import build_loss, columns_for
+from domain_embed.tuning.progress import use_logged_progress
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,12 @@ class TrainResult:
 def build_dev_evaluator(dev: DevSet, batch_size: int, name: str = DEV_NAME, *, query_prompt: str = "",
                         document_prompt: str = "") -> InformationRetrievalEvaluator:
     """Cosine scoring is fixed so the primary key is always `{name}_cosine_ndcg@10`, whatever the model's
-    similarity function; prompts must match the ones the baseline was evaluated with. Its encode shows a progress
-    bar: the trainer's own bar stands still while it runs."""
+    similarity function; prompts must match the ones the baseline was evaluated with. Its encode shows no bar: one
+    bar at a time, the trainer's (tuning.progress logs each evaluation's result)."""
     return InformationRetrievalEvaluator(
         queries=dev.queries, corpus=dev.corpus, relevant_docs=dev.relevant, name=name, batch_size=batch_size,
         score_functions={"cosine": cos_sim}, ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10],
-        precision_recall_at_k=[1, 10], map_at_k=[100], show_progress_bar=True,
+        precision_recall_at_k=[1, 10], map_at_k=[100],
         query_prompt=query_prompt or None, corpus_prompt=document_prompt or None)
 
 
@@ -272,6 +273,7 @@ def train_model(model: SentenceTransformer, train_dataset: Dataset, dev: DevSet 
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                          evaluator=evaluator, callbacks=all_callbacks)
+    use_logged_progress(trainer)
     on_cuda = not args.use_cpu
     if multiple := devices.pad_multiple(on_cuda):  # the collator's only: the saved model is unchanged
         trainer.data_collator.preprocess_fn = functools.partial(
