@@ -40,10 +40,11 @@ class EncodeSettings:
     attn_implementation: str | None  # None: transformers' default for the model (sdpa for BERT)
 
 
-# Measured on the 2-core development CPU with MiniLM (docs/benchmarks-encode.md): batches of 8,192 tokens
-# (32 texts of 256 tokens) were as fast as or faster than larger ones; workers cost time there (the tokenizer and the
-# model share the same 2 cores); a 256-row shard is ~15 s of CPU encode: a kill loses little.
-_CPU = EncodeSettings(max_batch_tokens=8192, workers=0, shard_rows=256, compile=False, attn_implementation=None)
+# Chosen on the 2-core development CPU with MiniLM, fp32, 160 ObliQA passages at 256 tokens (docs/benchmarks-encode.md):
+# budgets of 16,384 / 8,192 / 4,096 / 2,048 / 1,024 tokens computed 2.05 / 1.67 / 1.42 / 1.28 / 1.21x the real tokens
+# (padding), and 4,096 was the fastest (smaller batches lost more to per-batch work than padding saved); workers
+# would take cores from the model there; a 256-row shard is ~15 s of CPU encode: a kill loses little.
+_CPU = EncodeSettings(max_batch_tokens=4096, workers=0, shard_rows=256, compile=False, attn_implementation=None)
 # On a GPU: large batches keep it busy, tokenization runs in worker processes, a shard is tens of thousands of rows
 # (one device-to-host copy each) and attention skips padding where flash-attn is installed.
 _GPU = EncodeSettings(max_batch_tokens=131_072, workers=4, shard_rows=32_768, compile=False,
