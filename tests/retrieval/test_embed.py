@@ -312,3 +312,14 @@ def test_the_logged_rate_counts_encode_time_not_the_wait_for_other_ranks(tiny_mo
         _embedder(tiny_model, tmp_path).encode_documents(TEXTS[:10])
     (seconds,) = re.findall(r"encoded 10 corpus texts \(1 of 1 shards\) in ([\d.]+)s", caplog.text)
     assert float(seconds) < 2.0
+
+
+def test_the_encode_keys_reach_the_embedder_from_the_config(make_config, tiny_model, tmp_path):
+    from domain_embed.context import RunContext
+
+    cfg = make_config(tmp_path, "+domain=beir", "data.path=x", f"model.path={tiny_model}", "device=cpu",
+                      "eval.max_batch_tokens=2048", "eval.encode_workers=1", "eval.shard_rows=100", "eval.compile=true")
+    settings = RunContext(cfg, tmp_path).embedder.settings
+    assert (settings.max_batch_tokens, settings.workers, settings.shard_rows, settings.compile) == (2048, 1, 100, True)
+    default = RunContext(make_config(tmp_path, "+domain=beir", "data.path=x", "device=cpu"), tmp_path).embedder
+    assert default.settings.max_batch_tokens == 4096 and default.settings.compile is False
