@@ -224,9 +224,11 @@ def test_chunks_cover_the_texts_in_order():
 
 def test_encode_counts_real_and_padded_tokens_and_splits_its_time(tiny_model):
     emb = _embedder(tiny_model, None, max_batch_tokens=512)
+    emb.encode_queries(TEXTS[:5])
     emb.encode_documents(TEXTS)
     mask = emb.model.preprocess(TEXTS)["attention_mask"]
-    stats = emb.stats
+    stats = emb.last  # this encode alone; `stats` sums both
+    assert emb.stats.tokens == stats.tokens + int(emb.model.preprocess(TEXTS[:5])["attention_mask"].sum())
     assert stats.tokens == int(mask.sum())  # real tokens, whatever the batches
     assert stats.tokens < stats.padded_tokens <= stats.batches * 512
     assert stats.padded_tokens < mask.numel()  # length-sorted token-budget batches pad less than one batch would
@@ -323,3 +325,16 @@ def test_the_encode_keys_reach_the_embedder_from_the_config(make_config, tiny_mo
     assert (settings.max_batch_tokens, settings.workers, settings.shard_rows, settings.compile) == (2048, 1, 100, True)
     default = RunContext(make_config(tmp_path, "+domain=beir", "data.path=x", "device=cpu"), tmp_path).embedder
     assert default.settings.max_batch_tokens == 4096 and default.settings.compile is False
+
+
+def test_entries_of_another_layout_version_are_not_reused(tiny_model, tmp_path, monkeypatch):
+    """An entry assembled before the shard folders were versioned may hold rows of another layout: the version is in
+    the key, so such entries are encoded again, once."""
+    import domain_embed.retrieval.embed as embed
+
+    monkeypatch.setattr(embed, "_LAYOUT", 1)
+    _embedder(tiny_model, tmp_path).encode_documents(TEXTS[:5])
+    monkeypatch.undo()
+    again = _embedder(tiny_model, tmp_path)
+    again.encode_documents(TEXTS[:5])
+    assert again.stats.corpus_encodes == 1 and len(list((tmp_path / "embeddings").iterdir())) == 2

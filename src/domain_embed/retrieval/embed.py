@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -158,6 +158,9 @@ class EncodeStats:
     compute_s: float = 0.0
     d2h_s: float = 0.0
 
+    def minus(self, before: EncodeStats) -> EncodeStats:
+        return EncodeStats(**{name: value - getattr(before, name) for name, value in vars(self).items()})
+
 
 class _Clock:
     """Times the device phases of one shard: CUDA events read once, at the shard's one sync; on CPU, perf_counter
@@ -291,7 +294,8 @@ class Embedder:
         self.settings = encode_settings(self.device, self.encode_dtype != "fp32", max_batch_tokens=max_batch_tokens,
                                         workers=workers, shard_rows=shard_rows, compile=compile,
                                         attn_implementation=attn_implementation)
-        self.stats = EncodeStats()
+        self.stats = EncodeStats()  # every encode of this Embedder, summed
+        self.last = EncodeStats()  # the last encode call alone
 
     @cached_property
     def model(self):
@@ -357,8 +361,10 @@ class Embedder:
     def _cache_key(self, texts_hash: str, prompt: str) -> str:
         # the requested length, not the effective one: the fingerprint already covers the model's own
         # default, and this way a cache hit never has to load the model
+        # and the layout version: entries that code before versioned shard folders assembled may hold shards of
+        # another layout (rows of other texts, after 0087455); they cannot be told apart, so none is reused
         parts = [self.fingerprint, texts_hash, str(self._max_seq_length), prompt, str(self.cfg.normalize),
-                 self.cache_dtype.name, self.encode_dtype]
+                 self.cache_dtype.name, self.encode_dtype, f"layout{_LAYOUT}"]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
@@ -369,6 +375,14 @@ class Embedder:
         return self._encode(texts, self.cfg.document_prompt, what="corpus" if is_corpus else "documents")
 
     def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
+        """`last` gets this call's share of `stats`: its time split and token counts."""
+        before = replace(self.stats)
+        try:
+            return self._encode_cached(texts, prompt, what)
+        finally:
+            self.last = self.stats.minus(before)
+
+    def _encode_cached(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
         """Cached: rank 0 decides hit or miss for every rank. On a miss each rank encodes its unfinished shards (all
         of them in a single process), rank 0 assembles the entry while the others wait, and every rank reads it.
         Rank 0 holds the key's lock from the miss to the entry, so another job with the same key waits, then hits."""
