@@ -358,9 +358,10 @@ def check_encode(ctx: dict) -> list[Row]:
     return rows
 
 
-def _median_index(values: list[float]) -> int:
-    """The run whose figure is the median (the lower one of an even count), so its split adds up to its figure."""
-    return sorted(range(len(values)), key=values.__getitem__)[(len(values) - 1) // 2]
+def _median_index(seconds: list[float]) -> int:
+    """The run whose time is the median (the slower middle one of an even count), so that the split and token
+    counts shown are that run's own."""
+    return sorted(range(len(seconds)), key=seconds.__getitem__)[len(seconds) // 2]
 
 
 def _profile_encode(ctx: dict, embedder, texts: list[str]) -> None:
@@ -496,8 +497,8 @@ def check_training(ctx: dict) -> list[Row]:
     rows = []
     for precision, measured in runs.items():
         rates = [s.batch_size * timer.steps / timer.wall for timer, _ in measured.results]
-        timer, peak = measured.results[_median_index(rates)]
-        rate = rates[_median_index(rates)]
+        i = _median_index([timer.wall for timer, _ in measured.results])
+        (timer, peak), rate = measured.results[i], rates[i]
         gpu = (f"GPU inside steps {timer.gpu_s:.2f} s (busy {100 * timer.gpu_s / timer.wall:.0f}%)"
                if timer.gpu_s is not None else "no GPU")
         flops = 3 * timer.flops_per_token * timer.tokens  # forward and backward: 3 forwards' worth

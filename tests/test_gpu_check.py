@@ -5,6 +5,7 @@ names, and the verdicts against the aims."""
 import dataclasses
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,11 @@ def test_aims_are_judged_only_on_a_full_gpu_run():
                              gpu_check.Row("total", "3 s", "full sizes")])
     assert table.splitlines()[2].split() == ["search", "torch", "9", "queries/s", "<=", "1", "s:", "met", "detail"]
     assert table.splitlines()[3].split()[:4] == ["total", "3", "s", "-"]
+
+
+def test_the_median_run_is_picked_by_its_time():
+    assert gpu_check._median_index([3.0, 1.0, 2.0]) == 2
+    assert gpu_check._median_index([1.0, 2.0]) == 1  # of two, the slower: no figure better than both runs' middle
 
 
 class _Stats:
@@ -212,3 +218,35 @@ def test_gpu_check_runs_from_the_offline_bundles_scripts_alone(tmp_path):
                           cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "--profile" in proc.stdout
+
+
+def test_gpu_run_needs_a_prepared_bundle(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_run.sh"), str(tmp_path / "none")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "gpu_run.sh --prepare" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_run_checks_with_the_bundle_and_leaves_rows_log_and_traces_in_out(tiny_model, tiny_beir, tmp_path):
+    """The GPU session's one script, on a stand-in bundle (its install.sh a no-op, its venv this interpreter, the tiny
+    model and data): tests/test_offline_bundle.py installs a real one."""
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    (bundle / "venv" / "bin").mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    (bundle / "install.sh").write_text('echo "bundle installed into $VENV"\n')
+    (bundle / "venv" / "bin" / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bundle / "venv" / "bin" / "python").chmod(0o755)
+    (bundle / "venv" / "model").symlink_to(tiny_model)
+    (bundle / "data").symlink_to(tiny_beir)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_run.sh"), str(bundle), "--quick"], capture_output=True,
+                          text=True, timeout=1200, env={**os.environ, "OUT": str(out)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["check"]: r for r in json.loads((out / "gpu_check.json").read_text())}
+    assert "FAILED" not in {r["result"] for r in rows.values()}
+    for check in ("search torch", "encode MiniLM bf16", "encode dtype effect (dev)", "train MNRL fp32",
+                  "e2e budget=smoke"):
+        assert check in rows, sorted(rows)
+    assert "stages (s): audit" in rows["e2e budget=smoke"]["detail"]
+    log = (out / "gpu_check.log").read_text()
+    assert f"bundle installed into {bundle}/venv" in log and "encode dtype effect (dev)" in log.split("check ")[-1]
+    assert (out / "encode_trace.json.gz").stat().st_size and (out / "train_trace.json.gz").stat().st_size
