@@ -57,7 +57,7 @@ RANKS_SCRIPT = textwrap.dedent("""
             first.encode_documents(texts)
         except Exception as exc:
             result["died"] = f"{exc.__class__.__name__}: {exc}"
-        result["shards_left"] = sorted(p.name for p in cache.glob("embeddings/*.shards/*"))
+        result["shards_left"] = sorted(p.name for p in cache.glob("embeddings/*.shards-*/*"))
     emb = embedder()
     emb.encode_documents(texts)
     emb.encode_queries(texts[:40])
@@ -95,13 +95,14 @@ def _entries(cache: Path) -> dict[str, tuple[bytes, dict]]:
 
 
 def test_shards_depend_on_the_text_count_alone_and_cover_it():
-    assert shard_bounds(0) == []
-    assert shard_bounds(1000) == [(0, 256), (256, 512), (512, 768), (768, 1000)]
+    assert shard_bounds(0, 256) == []
+    assert shard_bounds(1000, 256) == [(0, 256), (256, 512), (512, 768), (768, 1000)]
     for n in (1, 255, 256, 257, 262_144, 262_145, 100_000_000):
-        bounds = shard_bounds(n)
+        bounds = shard_bounds(n, 256)
         assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) <= 1024
         assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
-    assert shard_bounds(100_000_000)[0] == (0, 97_792)  # 1,023 shards of 150 MB each at 384 dims (fp32)
+    assert shard_bounds(100_000_000, 256)[0] == (0, 97_792)  # 1,023 shards of 150 MB each at 384 dims (fp32)
+    assert shard_bounds(100_000_000, 32_768)[0] == (0, 98_304)  # the GPU's shard size: the same at most 1,024
 
 
 def test_a_killed_encode_resumes_at_its_first_unfinished_shard(tiny_model, tmp_path, monkeypatch):
@@ -130,22 +131,58 @@ def test_a_killed_encode_resumes_at_its_first_unfinished_shard(tiny_model, tmp_p
     assert _entries(tmp_path / "cache") == _entries(tmp_path / "whole")  # and the shards are gone
 
 
+CONCURRENT_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from domain_embed.config import ModelConfig
+    from domain_embed.retrieval.embed import Embedder
+
+    model, cache, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    emb = Embedder(ModelConfig(name="tiny", path=model), cache_dir=cache, device="cpu", show_progress=False,
+                   shard_rows=8)
+    np.save(out, emb.encode_documents(json.loads(Path(sys.argv[4]).read_text())))
+    print(json.dumps(vars(emb.stats)))
+""")
+
+
+def test_two_jobs_encoding_the_same_key_at_once_both_get_the_entry(tiny_model, tmp_path):
+    """Two independent processes, one cache, the same texts, 125 small shards: without the key's lock the first to
+    assemble deletes the shard folder while the second still publishes and reads shards in it."""
+    (tmp_path / "job.py").write_text(CONCURRENT_SCRIPT)
+    (tmp_path / "texts.json").write_text(json.dumps(TEXTS))
+    jobs = [subprocess.Popen([sys.executable, str(tmp_path / "job.py"), str(tiny_model), str(tmp_path / "cache"),
+                              str(tmp_path / f"job{i}.npy"), str(tmp_path / "texts.json")], env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    stats = [json.loads(o.strip().splitlines()[-1]) for o in outputs]
+    assert sorted(s["corpus_encodes"] for s in stats) == [0, 1]  # one encoded, the other waited and hit the entry
+    first, second = (np.load(tmp_path / f"job{i}.npy") for i in range(2))
+    assert first.tobytes() == second.tobytes()
+    direct = _embedder(tiny_model, None).model.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(first, direct, atol=1e-6)
+    assert [p.name for p in (tmp_path / "cache" / "embeddings").iterdir()] == [next(iter(_entries(tmp_path / "cache")))]
+
+
 @pytest.fixture(scope="module")
 def ranks(tiny_model, tmp_path_factory):
-    """RANKS_SCRIPT alone and on 2 gloo ranks whose rank 1 dies in its first encode before the rerun:
-    (folder, results of the single process, results of each rank)."""
+    """RANKS_SCRIPT alone (on one thread, and on two) and on 2 gloo ranks of one thread each whose rank 1 dies in its
+    first encode before the rerun: (folder, results of the single process, results of each rank)."""
     tmp = tmp_path_factory.mktemp("sharded")
     (tmp / "ranks.py").write_text(RANKS_SCRIPT)
     (tmp / "texts.json").write_text(json.dumps(TEXTS))
     runs = {"single": [sys.executable], "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                "--nproc_per_node", "2"]}
+                                                "--nproc_per_node", "2"], "threads": [sys.executable]}
+    envs = {"single": _env(), "two": {**_env(), "DIE_ON_RANK": "1"}, "threads": {**_env(), "OMP_NUM_THREADS": "2"}}
     procs = {}
     for name, launch in runs.items():
         (tmp / name).mkdir()
-        env = {**_env(), "DIE_ON_RANK": "1"} if name == "two" else _env()
         procs[name] = subprocess.Popen([*launch, str(tmp / "ranks.py"), str(tiny_model), str(tmp / name / "cache"),
-                                        str(tmp / name), str(tmp / "texts.json")], env=env, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
+                                        str(tmp / name), str(tmp / "texts.json")], env=envs[name],
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for proc in procs.values():
         output, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, output[-3000:]
@@ -166,6 +203,21 @@ def test_two_ranks_resume_only_the_unfinished_shards_and_write_the_single_proces
     assert [r["stats"]["corpus_encodes"] for r in (first, second)] == [1, 0]  # one encode, counted on rank 0
     assert single["stats"]["shards_encoded"] == 5 and single["stats"]["corpus_encodes"] == 1
     assert _entries(tmp / "two" / "cache") == _entries(tmp / "single" / "cache")
+
+
+def test_two_threads_write_the_vectors_and_rankings_of_one_thread_per_rank(ranks):
+    """Byte identity holds at equal thread counts; across thread counts the kernels sum in another order, so the
+    vectors agree to float32 rounding and the searches rank alike."""
+    tmp, _, two = ranks
+    threads, cache = _entries(tmp / "threads" / "cache"), tmp / "two" / "cache" / "embeddings"
+    for name, (_, meta) in _entries(tmp / "two" / "cache").items():
+        mine = np.load(tmp / "threads" / "cache" / "embeddings" / name / "embeddings.npy")
+        np.testing.assert_allclose(mine, np.load(cache / name / "embeddings.npy"), atol=1e-6)
+        assert threads[name][1] == meta
+    alone = dict(np.load(tmp / "threads" / "rank0.npz"))
+    for _, arrays in two:
+        for name in ("doc_indices", "indices"):
+            assert np.array_equal(arrays[name], alone[name]), name
 
 
 def test_each_rank_searches_a_share_and_every_rank_returns_the_single_process_result(ranks):
@@ -212,4 +264,4 @@ def test_two_ranks_on_obliqa_write_the_single_process_outputs_and_count_each_enc
     for ranking in (one / "run" / "baseline").glob("ranking_*.npz"):
         mine, theirs = np.load(ranking), np.load(two / "run" / "baseline" / ranking.name)
         assert all(mine[a].tobytes() == theirs[a].tobytes() for a in ("indices", "scores")), ranking.name
-    assert not list((two / "cache").rglob("*.shards")) and not [p for p in two.rglob(".*") if ".tmp-" in p.name]
+    assert not list((two / "cache").rglob("*.shards*")) and not [p for p in two.rglob(".*") if ".tmp-" in p.name]

@@ -170,7 +170,13 @@ class EvalConfig:
     split: str = "test"
     k_values: list[int] = field(default_factory=lambda: [1, 5, 10, 100])
     primary_metric: str = "ndcg@10"
-    batch_size: int = 64
+    batch_size: int = 64  # texts per batch where the model is called directly (compare's throughput)
+    # the encode path (`Embedder`); each `auto` is settled per device in devices.encode_settings
+    max_batch_tokens: int | str = "auto"  # tokens per forward pass, padding included (texts sorted by length)
+    encode_workers: int | str = "auto"  # processes tokenizing ahead of the model (0: in series, the CPU default)
+    shard_rows: int | str = "auto"  # rows per published cache shard: what a killed encode can lose
+    compile: bool | str = "auto"  # torch.compile the encoder, sequences padded up to length buckets
+    attn_implementation: str = "auto"  # auto: flash_attention_2 (unpadded) on a GPU where installed, else default
     search: SearchConfig = field(default_factory=SearchConfig)
     cache_dtype: str = "float32"  # float16 halves the cache on very large corpora
     bootstrap_samples: int = 1000

@@ -48,8 +48,10 @@ class RunContext:
         return self.make_embedder(self.cfg.model)
 
     def make_embedder(self, model_cfg) -> Embedder:
-        return Embedder(model_cfg, cache_dir=self.cache_dir, device=self.cfg.device,
-                        batch_size=self.cfg.eval.batch_size, cache_dtype=self.cfg.eval.cache_dtype)
+        ev = self.cfg.eval
+        return Embedder(model_cfg, cache_dir=self.cache_dir, device=self.cfg.device, batch_size=ev.batch_size,
+                        cache_dtype=ev.cache_dtype, max_batch_tokens=ev.max_batch_tokens, workers=ev.encode_workers,
+                        shard_rows=ev.shard_rows, compile=ev.compile, attn_implementation=ev.attn_implementation)
 
     def windows(self) -> Windows:
         """The corpus view the audit decided on (whole documents, or windows in chunk mode)."""

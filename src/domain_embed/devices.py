@@ -1,10 +1,14 @@
-"""What the visible accelerator can do natively: the one place that decides half-precision dtypes.
+"""What the visible accelerator can do natively: the one place that decides half-precision dtypes and the encode
+settings per device.
 
-Training (`training.precision=auto`) and encoding (`model.encode_dtype=auto`) both ask here, so they can
-never disagree about a GPU.
+Training (`training.precision=auto`) and encoding (`model.encode_dtype=auto`, the `eval.*` encode keys) all ask
+here, so they can never disagree about a GPU.
 """
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -18,3 +22,64 @@ def bf16_native() -> bool:
 def half_dtype() -> torch.dtype:
     """The fast 16-bit dtype of the visible GPU: bf16 where native, else fp16."""
     return torch.bfloat16 if bf16_native() else torch.float16
+
+
+def on_cuda(device: str | None) -> bool:
+    """Whether an encode with this `device` setting (None or "auto": the default) runs on a GPU."""
+    return torch.cuda.is_available() and (device in (None, "auto") or device.startswith("cuda"))
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How `Embedder` batches and shards an encode on one device: the one place where `auto` is settled."""
+
+    max_batch_tokens: int  # tokens per forward pass, padding included
+    workers: int  # DataLoader processes tokenizing ahead of the model (0: the main thread does, in series)
+    shard_rows: int  # rows per published shard (before the at-most-1,024-shards rule)
+    compile: bool  # torch.compile the model, sequences padded up to length buckets
+    attn_implementation: str | None  # None: transformers' default for the model (sdpa for BERT)
+
+
+# Chosen on the 2-core development CPU with MiniLM, fp32, 160 ObliQA passages at 256 tokens (docs/benchmarks-encode.md):
+# budgets of 16,384 / 8,192 / 4,096 / 2,048 / 1,024 tokens computed 2.05 / 1.67 / 1.42 / 1.28 / 1.21x the real tokens
+# (padding), and 4,096 was the fastest (smaller batches lost more to per-batch work than padding saved); workers
+# would take cores from the model there; a 256-row shard is ~15 s of CPU encode: a kill loses little.
+_CPU = EncodeSettings(max_batch_tokens=4096, workers=0, shard_rows=256, compile=False, attn_implementation=None)
+# On a GPU: large batches keep it busy, tokenization runs in worker processes, a shard is tens of thousands of rows
+# (one device-to-host copy each) and attention skips padding where flash-attn is installed.
+_GPU = EncodeSettings(max_batch_tokens=131_072, workers=4, shard_rows=32_768, compile=False,
+                      attn_implementation="flash_attention_2")
+
+
+def encode_settings(device: str | None, half: bool, *, max_batch_tokens: int | str = "auto",
+                    workers: int | str = "auto", shard_rows: int | str = "auto", compile: bool | str = "auto",
+                    attn_implementation: str = "auto") -> EncodeSettings:
+    """Fills each `auto` with this device's default; explicit values are kept (and checked). Flash attention
+    (unpadded: sentence-transformers then packs the texts of a batch without padding) is the GPU default only in a
+    16-bit dtype and when the flash-attn package is installed; otherwise transformers' own default stays."""
+    from domain_embed.errors import ConfigError
+
+    gpu = on_cuda(device)
+    base = _GPU if gpu else _CPU
+    attn = base.attn_implementation
+    if attn == "flash_attention_2":
+        from transformers.utils import is_flash_attn_2_available
+
+        attn = attn if half and is_flash_attn_2_available() else None
+    if gpu:
+        per_rank = max(1, (os.cpu_count() or 2) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        base = replace(base, workers=min(base.workers, per_rank - 1))
+    chosen = EncodeSettings(
+        max_batch_tokens=base.max_batch_tokens if max_batch_tokens == "auto" else max_batch_tokens,
+        workers=base.workers if workers == "auto" else workers,
+        shard_rows=base.shard_rows if shard_rows == "auto" else shard_rows,
+        compile=base.compile if compile == "auto" else compile,
+        attn_implementation=attn if attn_implementation == "auto" else attn_implementation)
+    for name in ("max_batch_tokens", "workers", "shard_rows"):
+        value = getattr(chosen, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "workers" else 1):
+            raise ConfigError(f"eval.{name} must be auto or an integer >= {0 if name == 'workers' else 1}, "
+                              f"got {value!r}")
+    if not isinstance(chosen.compile, bool):
+        raise ConfigError(f"eval.compile must be auto, true or false, got {chosen.compile!r}")
+    return chosen

@@ -7,16 +7,22 @@ from domain_embed.config import ModelConfig
 from domain_embed.errors import ConfigError, ModelLoadError
 from domain_embed.retrieval.embed import (
     Embedder,
+    _chunks,
+    _cut,
     encode_order,
     resolve_encode_dtype,
     resolve_model_location,
     shard_bounds,
+    texts_fingerprint,
 )
+
+_SETTINGS = ("max_batch_tokens", "workers", "shard_rows", "compile", "attn_implementation")
 
 
 def _embedder(path, cache, **kw):
+    settings = {k: kw.pop(k) for k in _SETTINGS if k in kw}
     return Embedder(ModelConfig(name="tiny", path=str(path), **kw), cache_dir=cache, device="cpu",
-                    show_progress=False)
+                    show_progress=False, **settings)
 
 
 def test_corpus_is_encoded_once_and_reused(tiny_model, tmp_path):
@@ -30,7 +36,7 @@ def test_corpus_is_encoded_once_and_reused(tiny_model, tmp_path):
     np.testing.assert_array_equal(a, b)
     assert "model" not in second.__dict__  # a cache hit never loads the model
     direct = second.model.encode(texts, normalize_embeddings=True)
-    np.testing.assert_allclose(a, direct, atol=1e-5)  # block order does not change the vectors
+    np.testing.assert_allclose(a, direct, atol=1e-6)  # batching and shards do not change the vectors
 
 
 def test_cache_key_depends_on_prompt_length_and_texts(tiny_model, tmp_path):
@@ -153,7 +159,8 @@ def test_non_finite_half_precision_vectors_are_refused_not_cached(tiny_model, tm
     import torch
 
     emb = _embedder(tiny_model, tmp_path, encode_dtype="fp16")
-    monkeypatch.setattr(emb.model, "encode", lambda texts, **_: torch.full((len(texts), emb.dim), float("nan")))
+    monkeypatch.setattr(emb.model, "forward", lambda features, **_: {
+        "sentence_embedding": torch.full((len(features["input_ids"]), emb.dim), float("nan"))})
     with pytest.raises(ConfigError, match=r"non-finite embeddings with model\.encode_dtype=fp16"):
         emb.encode_documents(["an overflowing passage"])
     assert not list((tmp_path / "embeddings").glob("*/meta.json"))
@@ -168,7 +175,7 @@ def test_shards_hold_texts_of_about_one_length_and_alternate_long_and_short(tiny
     """A shard of random rows would pad every batch to its longest text; ranks take contiguous runs of shards."""
     rng = np.random.default_rng(0)
     texts = [" ".join(["word"] * int(n)) for n in rng.integers(1, 60, size=2000)]
-    order, bounds = encode_order(texts), shard_bounds(len(texts))
+    order, bounds = encode_order(texts, 256), shard_bounds(len(texts), 256)
     assert sorted(order.tolist()) == list(range(len(texts)))
     lengths = [[len(texts[i]) for i in order[lo:hi]] for lo, hi in bounds]
     assert all(s == sorted(s, reverse=True) for s in lengths)  # longest first within a shard
@@ -177,6 +184,142 @@ def test_shards_hold_texts_of_about_one_length_and_alternate_long_and_short(tiny
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(ranges))  # shards' lengths do not overlap
     halves = [sum(map(sum, lengths[: len(lengths) // 2])), sum(map(sum, lengths[len(lengths) // 2:]))]
     assert abs(halves[0] - halves[1]) < 0.15 * sum(halves)  # two ranks get about even work
-    embedder = _embedder(tiny_model, tmp_path)
+    embedder = _embedder(tiny_model, tmp_path, shard_rows=64)  # 5 shards, each back at its texts' rows
     np.testing.assert_allclose(embedder.encode_documents(texts[:300]),
-                               embedder.model.encode(texts[:300], normalize_embeddings=True), atol=1e-5)
+                               embedder.model.encode(texts[:300], normalize_embeddings=True), atol=1e-6)
+    assert embedder.stats.shards_encoded == 5
+
+
+TEXTS = [f"passage {i}: the firm shall notify the regulator " + "of a change in controllers " * (i % 9)
+         for i in range(120)]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_budget_batches_are_what_the_tokenizer_gives_each_batch_alone(tiny_model, side):
+    """The encode tokenizes a run of texts once and cuts it into batches of at most the budget (padding
+    included), each trimmed to its own longest text: the very tensors of tokenizing that batch alone."""
+    import torch
+
+    model = _embedder(tiny_model, None).model
+    model.tokenizer.padding_side = side
+    texts = sorted(TEXTS, key=len, reverse=True)
+    batches = _cut(model.preprocess(texts), 600)
+    assert [lo for lo, _, _ in batches] == [0, *(hi for _, hi, _ in batches[:-1])] and batches[-1][1] == len(texts)
+    assert len(batches) > 3
+    for lo, hi, features in batches:
+        assert features["input_ids"].numel() <= 600
+        alone = model.preprocess(texts[lo:hi])
+        assert features.keys() == alone.keys()
+        for key, value in alone.items():
+            assert torch.equal(features[key], value) if isinstance(value, torch.Tensor) else features[key] == value
+
+
+def test_chunks_cover_the_texts_in_order():
+    texts = ["x" * n for n in range(400, 0, -7)]
+    chunks = _chunks(texts, 200, 64)
+    assert [t for _, run in chunks for t in run] == texts and [lo for lo, _ in chunks] == [
+        sum(len(run) for _, run in chunks[:i]) for i in range(len(chunks))]
+    assert len(chunks) > 3
+
+
+def test_encode_counts_real_and_padded_tokens_and_splits_its_time(tiny_model):
+    emb = _embedder(tiny_model, None, max_batch_tokens=512)
+    emb.encode_documents(TEXTS)
+    mask = emb.model.preprocess(TEXTS)["attention_mask"]
+    stats = emb.stats
+    assert stats.tokens == int(mask.sum())  # real tokens, whatever the batches
+    assert stats.tokens < stats.padded_tokens <= stats.batches * 512
+    assert stats.padded_tokens < mask.numel()  # length-sorted token-budget batches pad less than one batch would
+    assert stats.batches > 5 and stats.tokenize_s > 0 and stats.compute_s > 0
+    assert stats.h2d_s == stats.d2h_s == 0.0  # on CPU there are no copies
+    assert stats.compute_s + stats.tokenize_s <= stats.seconds
+
+
+def test_workers_and_budgets_give_the_same_vectors(tiny_model):
+    """Tokenizing in worker processes (the GPU default) and any budget give the vectors of the plain encode."""
+    direct = _embedder(tiny_model, None).model.encode(TEXTS, normalize_embeddings=True)
+    for settings in ({"workers": 2, "max_batch_tokens": 256}, {"max_batch_tokens": 100_000},
+                     {"max_batch_tokens": 1, "shard_rows": 7}):
+        np.testing.assert_allclose(_embedder(tiny_model, None, **settings).encode_documents(TEXTS), direct,
+                                   atol=1e-6, err_msg=str(settings))
+
+
+def test_compile_pads_to_length_buckets_and_keeps_the_vectors(tiny_model, monkeypatch):
+    """`eval.compile` pads every batch up to a multiple of 64 tokens (few shapes to compile); masked padding leaves
+    the vectors as they were. torch.compile itself is left out here: compiling takes minutes on this CPU."""
+    import torch
+
+    monkeypatch.setattr(torch, "compile", lambda model: model)
+    compiled = _embedder(tiny_model, None, compile=True, max_batch_tokens=2048)
+    vectors = compiled.encode_documents(TEXTS)
+    assert compiled.stats.padded_tokens % 64 == 0 and compiled.stats.padded_tokens > _padded(tiny_model, 2048)
+    np.testing.assert_allclose(vectors, _embedder(tiny_model, None).encode_documents(TEXTS), atol=1e-6)
+
+
+def _padded(tiny_model, budget):
+    emb = _embedder(tiny_model, None, max_batch_tokens=budget)
+    emb.encode_documents(TEXTS)
+    return emb.stats.padded_tokens
+
+
+def test_encode_settings_default_per_device_and_check_explicit_values(monkeypatch):
+    from domain_embed.devices import encode_settings
+
+    cpu = encode_settings("cpu", half=False)
+    assert (cpu.workers, cpu.shard_rows, cpu.compile, cpu.attn_implementation) == (0, 256, False, None)
+    assert encode_settings("cpu", half=False, max_batch_tokens=1000, workers=3).max_batch_tokens == 1000
+    _fake_cuda(monkeypatch, bf16=True)
+    monkeypatch.setattr("transformers.utils.is_flash_attn_2_available", lambda: True)
+    gpu = encode_settings(None, half=True)
+    assert gpu.max_batch_tokens > cpu.max_batch_tokens and gpu.shard_rows >= 10_000 and gpu.workers >= 1
+    assert gpu.attn_implementation == "flash_attention_2"
+    assert encode_settings(None, half=False).attn_implementation is None  # flash attention needs 16-bit
+    assert encode_settings("cpu", half=True).workers == 0  # device=cpu wins over a visible GPU
+    for bad in ({"max_batch_tokens": 0}, {"workers": -1}, {"shard_rows": "many"}, {"compile": "yes"}):
+        with pytest.raises(ConfigError, match=f"eval.{next(iter(bad))} must be"):
+            encode_settings("cpu", half=False, **bad)
+
+
+def test_leftover_shards_of_another_layout_are_never_resumed(tiny_model, tmp_path, monkeypatch):
+    """Shards written under another row order (the unversioned folder of before 0087455's order, or another shard
+    size) hold other texts at the same row ranges: resuming them would put vectors in the wrong rows."""
+    emb = _embedder(tiny_model, tmp_path, shard_rows=32)
+    key = emb._cache_key(texts_fingerprint(TEXTS), "")
+    for leftover in (f"{key}.shards", f"{key}.shards-v1-32", f"{key}.shards-v2-16"):
+        for lo in range(0, 120, 16):
+            shard = tmp_path / "embeddings" / leftover / f"{lo}-{min(lo + 16, 120)}"
+            shard.mkdir(parents=True)
+            np.save(shard / "embeddings.npy", np.zeros((min(16, 120 - lo), 32), dtype=np.float32))
+    np.testing.assert_allclose(emb.encode_documents(TEXTS), emb.model.encode(TEXTS, normalize_embeddings=True),
+                               atol=1e-6)
+    assert emb.stats.shards_encoded == 4  # all of its own, none of theirs
+
+
+def test_the_logged_rate_counts_encode_time_not_the_wait_for_other_ranks(tiny_model, tmp_path, monkeypatch, caplog):
+    import logging
+    import re
+    import time
+
+    from domain_embed import distributed
+
+    def slow_gather(part, while_waiting=None):  # the other ranks take 2 s longer
+        done = part()
+        time.sleep(2.0)
+        return [done]
+
+    monkeypatch.setattr(distributed, "gather", slow_gather)
+    with caplog.at_level(logging.INFO, logger="domain_embed.retrieval.embed"):
+        _embedder(tiny_model, tmp_path).encode_documents(TEXTS[:10])
+    (seconds,) = re.findall(r"encoded 10 corpus texts \(1 of 1 shards\) in ([\d.]+)s", caplog.text)
+    assert float(seconds) < 2.0
+
+
+def test_the_encode_keys_reach_the_embedder_from_the_config(make_config, tiny_model, tmp_path):
+    from domain_embed.context import RunContext
+
+    cfg = make_config(tmp_path, "+domain=beir", "data.path=x", f"model.path={tiny_model}", "device=cpu",
+                      "eval.max_batch_tokens=2048", "eval.encode_workers=1", "eval.shard_rows=100", "eval.compile=true")
+    settings = RunContext(cfg, tmp_path).embedder.settings
+    assert (settings.max_batch_tokens, settings.workers, settings.shard_rows, settings.compile) == (2048, 1, 100, True)
+    default = RunContext(make_config(tmp_path, "+domain=beir", "data.path=x", "device=cpu"), tmp_path).embedder
+    assert default.settings.max_batch_tokens == 4096 and default.settings.compile is False
