@@ -57,17 +57,15 @@ class Sizes:
     steps: int  # timed training steps per run
     batch_size: int
     max_seq_length: int
-    encode_batch: int
     rounds: int  # runs per dtype, alternated
     profiled_steps: int  # training steps in the --profile trace
     pipeline: str  # the budget of the end-to-end run
 
 
 FULL = Sizes(corpus=1_000_000, queries=10_000, passages=None, dev_queries=None, warmup_steps=5, steps=30,
-             batch_size=128, max_seq_length=256, encode_batch=256, rounds=3, profiled_steps=20, pipeline="full")
+             batch_size=128, max_seq_length=256, rounds=3, profiled_steps=20, pipeline="full")
 QUICK = Sizes(corpus=20_000, queries=500, passages=64, dev_queries=20, warmup_steps=1, steps=2, batch_size=8,
-              max_seq_length=64, encode_batch=32, rounds=2, profiled_steps=3, pipeline="smoke")
-WARMUP_TEXTS = 2048  # an encode's warm-up: every padded length up to max_seq_length (the Embedder sorts by length)
+              max_seq_length=64, rounds=2, profiled_steps=3, pipeline="smoke")
 # the smoke run, cut further in --quick so that a 2-core CPU finishes it in about a minute
 QUICK_SMOKE = ["budget.max_queries=10", "budget.max_corpus=100", "training.max_steps=2", "training.eval_steps=2",
                "training.save_steps=2", "training.dev_corpus_size=50", "eval.bootstrap_samples=100"]
@@ -78,9 +76,9 @@ PEAK_FLOPS = (("H100 PCIe", {"bf16": 756e12, "fp32": 51e12}), ("H100", {"bf16": 
               ("H200", {"bf16": 989e12, "fp32": 67e12}), ("A100", {"bf16": 312e12, "fp32": 19.5e12}),
               ("L40S", {"bf16": 362e12, "fp32": 91.6e12}), ("L4", {"bf16": 121e12, "fp32": 30.3e12}))
 
-# What this check reads from `Embedder.stats` (retrieval/embed.py), as running totals: seconds of host tokenization,
-# host-to-device copy, GPU compute and device-to-host copy (the last three from CUDA events), then the tokens encoded
-# without and with padding.
+# What this check reads from `Embedder.stats` (retrieval/embed.py's EncodeStats), as running totals: seconds of host
+# tokenization, host-to-device copy, compute and device-to-host copy (the last three CUDA-event times on a GPU), then
+# the tokens encoded without and with padding.
 ENCODE_SPLIT = ("tokenize_s", "h2d_s", "compute_s", "d2h_s")
 ENCODE_TOKENS = ("tokens", "padded_tokens")
 
@@ -242,10 +240,9 @@ def _embedder(ctx: dict, dtype: str):
     from domain_embed.config import ModelConfig
     from domain_embed.retrieval.embed import Embedder
 
-    s = ctx["sizes"]
     return Embedder(ModelConfig(path=_model_location(ctx), encode_dtype=dtype), cache_dir=None,
-                    device="cuda" if ctx["cuda"] else "cpu", batch_size=s.encode_batch,
-                    max_seq_length=s.max_seq_length, show_progress=False)
+                    device="cuda" if ctx["cuda"] else "cpu", max_seq_length=ctx["sizes"].max_seq_length,
+                    show_progress=False)  # the encode settings the pipeline uses by default: this device's
 
 
 def peak_flops(dtype: str) -> tuple[str, float] | None:
@@ -281,26 +278,22 @@ def flops_per_token(model) -> float:
 
 
 def snapshot(stats) -> dict[str, float]:
-    """The ENCODE_SPLIT and ENCODE_TOKENS totals of `Embedder.stats` that it reports."""
-    return {n: getattr(stats, n) for n in ENCODE_SPLIT + ENCODE_TOKENS if hasattr(stats, n)}
+    """The ENCODE_SPLIT and ENCODE_TOKENS running totals of an `Embedder.stats`."""
+    return {n: getattr(stats, n) for n in ENCODE_SPLIT + ENCODE_TOKENS}
 
 
-def encode_breakdown(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float] | None:
-    """What one encode added to each total between two snapshots, and the GPU busy % (compute over the synchronised
-    wall); None where the Embedder does not report them all."""
-    if set(after) != set(ENCODE_SPLIT + ENCODE_TOKENS):
-        return None
+def encode_breakdown(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """What one encode added to each total between two snapshots, and how busy the model kept the device: compute
+    over the synchronised wall, in %."""
     got = {n: after[n] - before[n] for n in after}
     return got | {"busy": 100 * got["compute_s"] / wall}
 
 
-def _encode_detail(part: dict[str, float] | None, wall: float, flops_token: float, dtype: str) -> str:
-    if part is None:
-        return f"no split: Embedder.stats lacks {'/'.join(ENCODE_SPLIT + ENCODE_TOKENS)}"
+def _encode_detail(part: dict[str, float], wall: float, flops_token: float, dtype: str, cuda: bool) -> str:
     split = " | ".join(f"{n.removesuffix('_s')} {part[n]:.2f} s" for n in ENCODE_SPLIT)
     padding = part["padded_tokens"] / max(part["tokens"], 1)
-    return (f"{split}; GPU busy {part['busy']:.0f}%; {part['tokens']:,.0f} tokens ({padding:.2f}x with padding), "
-            f"{mfu(flops_token * part['tokens'], wall, dtype)}")
+    return (f"{split}; {'GPU' if cuda else 'model'} busy {part['busy']:.0f}%; {part['tokens']:,.0f} tokens "
+            f"({padding:.2f}x with padding), {mfu(flops_token * part['tokens'], wall, dtype)}")
 
 
 def check_encode(ctx: dict) -> list[Row]:
@@ -314,8 +307,8 @@ def check_encode(ctx: dict) -> list[Row]:
     s, data = ctx["sizes"], _data(ctx)
     texts = data.documents()
     embedders = {dtype: _embedder(ctx, dtype) for dtype in DTYPES}
-    for embedder in embedders.values():  # warm-up: weights loaded, kernels for every padded length, the allocator
-        embedder.encode_documents(texts[:WARMUP_TEXTS])
+    for embedder in embedders.values():  # warm-up: weights, tokenizer workers, kernels (compiled ones too) for every
+        embedder.encode_documents(texts)  # padded length, the allocator
     _sync(ctx)
 
     def prepare(dtype: str):
@@ -336,15 +329,13 @@ def check_encode(ctx: dict) -> list[Row]:
         i = _median_index(measured.seconds)
         wall = measured.seconds[i]
         before, after, peak = measured.results[i]
-        judged = [(f"encode {dtype}", len(texts) / wall)]
         part = encode_breakdown(before, after, wall)
-        if part is not None and dtype == "bf16":
-            judged.append(("encode busy", part["busy"]))
+        judged = [(f"encode {dtype}", len(texts) / wall), *([("encode busy", part["busy"])] if dtype == "bf16" else [])]
         rows.append(Row(f"encode MiniLM {dtype}", f"{len(texts) / wall:,.0f} passages/s",
                         f"{len(texts):,} passages from {ctx['data_label']}, max_seq_length {s.max_seq_length}, "
-                        f"batch {s.encode_batch}; median of {s.rounds} runs alternated with the other dtype, "
+                        f"{_settings(embedders[dtype])}; median of {s.rounds} runs alternated with the other dtype, "
                         f"{wall:.2f} s [{min(measured.seconds):.2f}, {max(measured.seconds):.2f}]; "
-                        f"{_encode_detail(part, wall, flops_token, dtype)}; {peak}", _judge(ctx, *judged)))
+                        f"{_encode_detail(part, wall, flops_token, dtype, ctx['cuda'])}; {peak}", _judge(ctx, *judged)))
         if ctx["profile"] and dtype == "bf16":
             _profile_encode(ctx, embedders[dtype], texts)
     docs = Windows.identity(texts)
@@ -357,6 +348,12 @@ def check_encode(ctx: dict) -> list[Row]:
                     f"({effect['n_queries']:,} queries, 95% CI [{effect['ci95'][0]:+.4f}, {effect['ci95'][1]:+.4f}], "
                     f"p = {effect['p_value']:.2f}), the same exact search on both"))
     return rows
+
+
+def _settings(embedder) -> str:
+    st = embedder.settings
+    return (f"batches of {st.max_batch_tokens:,} tokens, {st.workers} tokenizer workers, compile {st.compile}, "
+            f"attention {st.attn_implementation or 'default'}")
 
 
 def _median_index(seconds: list[float]) -> int:

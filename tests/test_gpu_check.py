@@ -93,33 +93,19 @@ def test_the_median_run_is_picked_by_its_time():
     assert gpu_check._median_index([1.0, 2.0]) == 1  # of two, the slower: no figure better than both runs' middle
 
 
-class _Stats:
-    """An `Embedder.stats` with the totals gpu_check reads (ENCODE_SPLIT, ENCODE_TOKENS)."""
-
-    def __init__(self, tokenize_s, h2d_s, compute_s, d2h_s, tokens, padded_tokens, seconds=0.0):
-        self.tokenize_s, self.h2d_s, self.compute_s, self.d2h_s = tokenize_s, h2d_s, compute_s, d2h_s
-        self.tokens, self.padded_tokens, self.seconds = tokens, padded_tokens, seconds
-
-
 def test_an_encode_is_split_from_the_embedders_running_totals():
-    before = gpu_check.snapshot(_Stats(1.0, 0.1, 2.0, 0.2, 1000, 1500))
-    after = gpu_check.snapshot(_Stats(1.5, 0.15, 2.8, 0.25, 3000, 4500))
+    from domain_embed.retrieval.embed import EncodeStats
+
+    before = gpu_check.snapshot(EncodeStats(tokenize_s=1.0, h2d_s=0.1, compute_s=2.0, d2h_s=0.2, tokens=1000,
+                                            padded_tokens=1500, seconds=9.0))
+    after = gpu_check.snapshot(EncodeStats(tokenize_s=1.5, h2d_s=0.15, compute_s=2.8, d2h_s=0.25, tokens=3000,
+                                           padded_tokens=4500, seconds=10.0))
     part = gpu_check.encode_breakdown(before, after, wall=1.0)
     assert part == pytest.approx({"tokenize_s": 0.5, "h2d_s": 0.05, "compute_s": 0.8, "d2h_s": 0.05, "tokens": 2000,
                                   "padded_tokens": 3000, "busy": 80.0})
-    detail = gpu_check._encode_detail(part, 1.0, 10.0, "bf16")
+    detail = gpu_check._encode_detail(part, 1.0, 10.0, "bf16", cuda=True)
     assert "tokenize 0.50 s | h2d 0.05 s | compute 0.80 s | d2h 0.05 s; GPU busy 80%" in detail
     assert "2,000 tokens (1.50x with padding)" in detail
-
-
-def test_an_embedder_without_the_totals_gets_no_split():
-    from domain_embed.retrieval.embed import EncodeStats
-
-    stats = EncodeStats()
-    if hasattr(stats, "compute_s"):
-        pytest.skip("this Embedder reports the split")
-    assert gpu_check.encode_breakdown(gpu_check.snapshot(stats), gpu_check.snapshot(stats), 1.0) is None
-    assert gpu_check._encode_detail(None, 1.0, 1.0, "fp32").startswith("no split: Embedder.stats lacks tokenize_s/")
 
 
 def _ctx(tiny_model, tiny_beir, profile=None) -> dict:
@@ -151,6 +137,7 @@ def test_encode_times_the_packages_embedder_alternating_dtypes_and_scores_them_o
     assert splits == [("bf16", "dev"), ("fp32", "dev")]
     assert [r.check for r in rows] == ["encode MiniLM bf16", "encode MiniLM fp32", "encode dtype effect (dev)"]
     assert rows[0].result.endswith(" passages/s") and "median of 2 runs alternated" in rows[0].detail
+    assert "tokenize " in rows[0].detail and "| compute " in rows[0].detail and "model busy" in rows[0].detail
     assert "on the dev split (10 queries" in rows[2].detail and rows[2].result.endswith(" nDCG@10")
     assert all(r.aim == "" for r in rows)  # a CPU run is not judged
     with gzip.open(tmp_path / "encode_trace.json.gz") as f:
