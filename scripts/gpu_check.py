@@ -503,7 +503,7 @@ def check_training(ctx: dict) -> list[Row]:
         padding = timer.padded_tokens / max(timer.tokens, 1)
         rows.append(Row(f"train MNRL {precision}", f"{rate:,.0f} samples/s",
                         f"{timer.steps} steps x batch {s.batch_size} (query, positive, 1 hard negative; "
-                        f"max_seq_length {s.max_seq_length}) timed after {s.warmup_steps} warm-up steps, the final "
+                        f"max_seq_length {s.max_seq_length}) timed after {s.warmup_steps} warm-up step(s), the final "
                         f"save left out; median of {s.rounds} runs alternated with the other precision "
                         f"[{min(rates):,.0f}, {max(rates):,.0f}]; {timer.wall:.2f} s: host between steps "
                         f"{timer.host_s:.2f} s, {gpu}; {timer.tokens:,} tokens ({padding:.2f}x with padding), "
