@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU machine check in under 5 minutes on one H100; prints one table (see scripts/gpu_check.py).
-#   bash scripts/gpu_check.sh [--data DIR] [--model DIR] [--json out.json]
+# GPU machine check, about 6 minutes on one H200; prints one table against the aims (see scripts/gpu_check.py).
+# A GPU session runs scripts/gpu_run.sh, which prepares and installs the bundle and keeps the outputs.
+#   bash scripts/gpu_check.sh [--data DIR] [--model DIR] [--json out.json] [--profile DIR]
 #   bash scripts/gpu_check.sh --bundle DIR [...]   # air-gapped: install DIR (scripts/offline_bundle.py) first,
 #                                                  # then check with its venv, model and data
 #   bash scripts/gpu_check.sh --quick              # reduced sizes: also runs on a CPU-only machine

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -70,7 +71,39 @@ def test_runs_as_a_non_root_user_with_caches_on_volumes():
         assert f'"{path}"' in volumes, env
 
 
-def test_the_gpu_check_ships_in_the_image():
-    """`gpu_check.sh` and what it imports are in the image, so a GPU box can be checked from the image alone."""
-    assert re.search(r"^COPY scripts \./scripts$", DOCKERFILE, flags=re.MULTILINE)
-    assert (REPO / "scripts" / "gpu_check.sh").exists() and (REPO / "scripts" / "bench_train.py").exists()
+def _copy_like_the_image(root: Path) -> None:
+    """The build context's files that the image's COPY instructions take (not `COPY --from`), each put under `root`
+    where the image puts it (relative to the WORKDIR in force)."""
+    workdir, copied = "/", []
+    for line in DOCKERFILE.splitlines():
+        if line.startswith("WORKDIR "):
+            workdir = line.split()[1]
+        elif line.startswith("COPY ") and not line.startswith("COPY --"):
+            *sources, dest = line.split()[1:]
+            for source in sources:
+                target = root / workdir.lstrip("/") / dest
+                target = target / Path(source).name if dest.endswith("/") else target
+                if (REPO / source).is_dir():
+                    shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(REPO / source, target)
+                copied.append(target)
+    assert copied, "the image copies the repository's files"
+
+
+def test_the_gpu_check_runs_from_what_the_image_copies(tmp_path):
+    """`docker run --entrypoint bash domain-embed:cuda /src/scripts/gpu_check.sh` on a GPU box: gpu_check and every
+    sibling script it imports are in the image, next to the package the image installs from its copied src/."""
+    _copy_like_the_image(tmp_path)
+    image = tmp_path / "src"  # the image's /src, where the Dockerfile's comment runs the check from
+    assert sorted(p.name for p in image.iterdir()) == ["README.md", "conf", "pyproject.toml", "scripts", "src"]
+    env = {**os.environ, "PYTHONPATH": str(image / "src")}  # what `uv pip install .` makes importable there
+    proc = subprocess.run([sys.executable, str(image / "scripts" / "gpu_check.py"), "--help"], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "--profile" in proc.stdout and "--bundle" in proc.stdout
+    probe = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import gpu_check, "
+                            "domain_embed; print(gpu_check.__file__, domain_embed.__file__)", str(image / "scripts")],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, check=True)
+    assert all(path.startswith(str(image)) for path in probe.stdout.split())  # nothing came from the repository

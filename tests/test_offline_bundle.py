@@ -151,7 +151,7 @@ def test_bundle_installs_offline_and_the_quick_gpu_check_passes_from_it(tmp_path
                            capture_output=True, text=True, timeout=1800, env=env)
     assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
     assert "FAILED" not in check.stdout
-    for row in ("hydra-core", "search torch", "encode MiniLM bfloat16", "encode dtype effect", "train MNRL",
+    for row in ("hydra-core", "search torch", "encode MiniLM bf16", "encode dtype effect (dev)", "train MNRL bf16",
                 "e2e budget=smoke"):
         assert row in check.stdout, check.stdout
     venv_python = bundle / "venv" / "bin" / "python"

@@ -80,14 +80,14 @@ def init_process_group() -> bool:
     if not _initialized():
         cuda = torch.cuda.is_available()
         if cuda:
-            torch.cuda.set_device(_cuda_device())
+            torch.cuda.set_device(cuda_device())
         # gloo carries the waits too when it is the default group; NCCL never does (see _group)
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=NCCL_TIMEOUT if cuda else TIMEOUT)
         log.info("joined the process group: rank %d of %d (%s)", rank(), world_size(), dist.get_backend())
     return True
 
 
-def _cuda_device() -> int:
+def cuda_device() -> int:
     """This rank's GPU among the visible ones. Launchers such as SLURM or some k8s operators show each task
     only its own GPU (CUDA_VISIBLE_DEVICES per task), so LOCAL_RANK may be 3 where one GPU is visible.
     Accelerate picks the same GPU (LOCAL_RANK modulo the count) but wraps round where this refuses: two

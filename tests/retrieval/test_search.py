@@ -164,19 +164,89 @@ def test_search_documents_requeries_only_short_rows_and_stays_exact(monkeypatch,
     assert all(rows * kk <= 4 * 40 or rows == 1 for rows, kk in calls)  # fewer rows per search as k grows
 
 
+class _Options:
+    """faiss's GpuMultipleClonerOptions: plain attributes, defaults as in faiss."""
+
+    def __init__(self):
+        self.shard, self.useFloat16 = False, False
+
+
 def _fake_faiss_gpus(monkeypatch, n_gpus, to_gpu):
     """FAISS GPU simulated on CPU: `to_gpu(cpu_index)` plays the sharded clone; k-means stays on the CPU index."""
     import faiss
 
     def index_cpu_to_all_gpus(index, co=None):
-        if co is None:  # k-means assignment index
+        if not co.shard:  # k-means assignment index
             return index
-        assert co.shard  # a slice of the corpus per GPU, not a copy of all of it on each
         return to_gpu(index)
 
     _no_gpu(monkeypatch, faiss_gpus=n_gpus)
-    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", lambda: type("Co", (), {})(), raising=False)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", _Options, raising=False)
     monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", index_cpu_to_all_gpus, raising=False)
+
+
+def _fake_faiss_on_gpus(monkeypatch, n_gpus: int) -> list[tuple]:
+    """Every FAISS GPU entry point on CPU indexes; returns the calls made, with the options as they were."""
+    import faiss
+
+    import domain_embed.retrieval.search as mod
+
+    calls = []
+
+    def index_cpu_to_gpus_list(index, co=None, gpus=None, ngpu=-1):
+        calls.append(("list", gpus, co.shard, co.useFloat16, type(index).__name__))
+        return index
+
+    def index_cpu_to_all_gpus(index, co=None, ngpu=-1):
+        calls.append(("all", None, co.shard, co.useFloat16, type(index).__name__))
+        return index
+
+    monkeypatch.setattr(mod, "_faiss_gpus", lambda: n_gpus)
+    monkeypatch.setattr(mod, "_cuda_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: n_gpus)
+    for name, value in (("GpuMultipleClonerOptions", _Options), ("index_cpu_to_gpus_list", index_cpu_to_gpus_list),
+                        ("index_cpu_to_all_gpus", index_cpu_to_all_gpus)):
+        monkeypatch.setattr(faiss, name, value, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+@pytest.mark.parametrize("local_rank", [None, "0", "2"])
+def test_faiss_gpu_index_spans_all_gpus_alone_and_only_the_ranks_gpu_under_a_launcher(monkeypatch, index,
+                                                                                      local_rank):
+    from domain_embed.retrieval.search import _faiss_searcher
+
+    calls = _fake_faiss_on_gpus(monkeypatch, n_gpus=4)
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    if local_rank is not None:  # what torchrun / accelerate launch set in each of 4 processes
+        monkeypatch.setenv("WORLD_SIZE", "4")
+        monkeypatch.setenv("RANK", local_rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    q, d = _clustered(1000, nq=20)
+    cfg = SearchConfig(backend="faiss", device="cuda", index=index, nlist=4, nprobe=4, fp16=True)
+    search_block, label = _faiss_searcher(d, cfg, gpu=True, timings={})
+    kind = "IndexIVFFlat" if index == "ivf" else "IndexFlatIP"
+    where = ("all", None) if local_rank is None else ("list", [int(local_rank)])  # under a launcher: its GPU only
+    assert calls[-1] == (*where, True, True, kind)  # the corpus sliced over the GPUs named, in fp16 as asked
+    gpus = "4" if local_rank is None else f"cuda:{local_rank}"
+    assert label.startswith(f"faiss-{'ivf-' if index == 'ivf' else ''}gpu({gpus},")
+    if index == "ivf":  # k-means assignment on the same GPUs: copies, never a shard, and float32
+        assert calls[:-1] == [(*where, False, False, "IndexFlatIP")]
+    else:
+        assert len(calls) == 1
+    _, found = search_block(q, 5)
+    assert _recall(found, _brute(q, d, 5)[1]) > (0.6 if index == "ivf" else 0.999)
+
+
+def test_a_rank_that_sees_fewer_gpus_than_its_local_rank_is_refused(monkeypatch):
+    from domain_embed.retrieval.search import _faiss_searcher
+
+    _fake_faiss_on_gpus(monkeypatch, n_gpus=2)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ConfigError, match="LOCAL_RANK=3 but this process sees 2 GPU"):
+        _faiss_searcher(_data()[1], SearchConfig(backend="faiss", device="cuda"), gpu=True, timings={})
 
 
 class _KRecordingIndex:

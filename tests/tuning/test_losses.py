@@ -55,20 +55,41 @@ def test_in_batch_losses_pass_gather_across_devices(tiny_model, monkeypatch):
     assert build_loss(model, TrainingConfig(loss="mnrl", gather_across_devices=True)).gather_across_devices is False
 
 
-def test_matryoshka_wraps_with_the_configured_dims(tiny_model):
-    built = build_loss(_load(tiny_model), TrainingConfig(loss="cached_mnrl", matryoshka_dims=[32, 8]))
+@pytest.mark.parametrize("configured", [[32, 8], [8]])
+def test_matryoshka_wraps_with_the_configured_dims_and_always_the_models_own(tiny_model, configured):
+    built = build_loss(_load(tiny_model), TrainingConfig(loss="cached_mnrl", matryoshka_dims=configured))
     assert isinstance(built, losses.MatryoshkaLoss)
     assert list(built.matryoshka_dims) == [32, 8]
     assert isinstance(built.loss, losses.CachedMultipleNegativesRankingLoss)
 
 
+def test_the_matryoshka_recipe_fits_models_of_other_dimensions():
+    """conf/recipe/matryoshka.yaml names truncations only: MiniLM gets the 384/256/128/64 it was measured with, a
+    768-dim model trains its own 768 (a list naming 384 would have left its full width untrained)."""
+    from hydra import compose, initialize_config_module
+
+    from domain_embed.config import register_configs
+    from domain_embed.tuning.losses import matryoshka_dims
+
+    register_configs()
+    with initialize_config_module("domain_embed.conf", version_base="1.3"):
+        configured = list(compose("config", ["+recipe=matryoshka"]).training.matryoshka_dims)
+    assert matryoshka_dims(configured, 384) == [384, 256, 128, 64]
+    assert matryoshka_dims(configured, 768) == [768, 256, 128, 64]
+    assert matryoshka_dims(configured, 256) == [256, 128, 64]
+    with pytest.raises(ConfigError, match="below the model's dimension 128"):
+        matryoshka_dims(configured, 128)
+    assert matryoshka_dims([], 768) == []
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"loss": "infonce"}, "unknown training.loss"),
     ({"loss": "gist"}, "guide"),
-    ({"matryoshka_dims": [64, 16]}, "1..32"),
+    ({"matryoshka_dims": [64, 16]}, "1..31"),
     ({"matryoshka_dims": [8, 16]}, "decreasing"),
     ({"matryoshka_dims": [16, 16]}, "decreasing"),
-    ({"matryoshka_dims": [16, 0]}, "1..32"),
+    ({"matryoshka_dims": [16, 0]}, "1..31"),
+    ({"matryoshka_dims": [32, 32]}, "1..31"),
     ({"loss": "cached_mnrl", "mini_batch_size": 0}, "mini_batch_size"),
 ])
 def test_bad_loss_configs_raise_config_error(tiny_model, overrides, message):

@@ -1,8 +1,9 @@
 """Inner-product top-k search: the only module that touches FAISS.
 
 Exact search has two backends with one contract: FAISS (`IndexFlatIP`, sharded over all visible GPUs
-when faiss has them) and torch (blocked matmul + top-k, on CUDA when present) for machines without
-FAISS GPU. Both compute in float32 unless `search.fp16` asks for a 16-bit index, and then say so.
+when faiss has them, or on the rank's own GPU under a launcher) and torch (blocked matmul + top-k, on
+CUDA when present) for machines without FAISS GPU. Both compute in float32 unless `search.fp16` asks for a
+16-bit index, and then say so.
 Mining at scale may use FAISS IVF (`index=ivf`, optionally with product quantisation).
 The corpus may be a float16 memmap larger than RAM, so it is only ever read, converted and added in
 blocks; queries are searched in blocks (`search.query_block`), which bounds the intermediate memory. Under a
@@ -185,7 +186,7 @@ def _faiss_searcher(corpus, cfg: SearchConfig, *, gpu: bool, timings: dict[str, 
     """Builds the flat or IVF index (sharded over all GPUs when asked) and fills it block by block."""
     faiss = _faiss()
     n, d = corpus.shape
-    params: list[str] = [str(_faiss_gpus())] if gpu else []
+    params: list[str] = []
     if cfg.index == "ivf":
         with _timed(timings, "train", gpu=gpu):
             index, ivf_params = _trained_ivf(corpus, cfg, gpu=gpu)
@@ -194,11 +195,8 @@ def _faiss_searcher(corpus, cfg: SearchConfig, *, gpu: bool, timings: dict[str, 
     else:
         index, kind = faiss.IndexFlatIP(d), ""
     if gpu:
-        co = faiss.GpuMultipleClonerOptions()
-        co.shard = True
-        co.useFloat16 = cfg.fp16
-        index = faiss.index_cpu_to_all_gpus(index, co=co)
-        params += ["fp16"] if cfg.fp16 else []
+        index, where = _to_gpu(index, fp16=cfg.fp16)
+        params = [where, *params, *(["fp16"] if cfg.fp16 else [])]
     with _timed(timings, "add", gpu=gpu):
         if isinstance(index, faiss.IndexShards) and index.successive_ids:
             # sharded flat indexes accept a single add(): fill each shard with its contiguous slice instead
@@ -217,6 +215,21 @@ def _faiss_searcher(corpus, cfg: SearchConfig, *, gpu: bool, timings: dict[str, 
         return scores, indices
 
     return search_block, label
+
+
+def _to_gpu(index, *, fp16: bool, shard: bool = True):
+    """(GPU index, where it lives for the label). Without a launcher: every visible GPU, the corpus sharded across
+    them (`shard`) or copied onto each. Under one, every rank searches its own share of the queries at the same
+    time, so each puts the index on its own GPU only (LOCAL_RANK's, the one it trains on): spread over all GPUs
+    from every rank, each GPU would hold world-size copies and serve every rank at once."""
+    faiss = _faiss()
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = shard
+    co.useFloat16 = fp16
+    if distributed.world_size() > 1:
+        device = distributed.cuda_device()
+        return faiss.index_cpu_to_gpus_list(index, co=co, gpus=[device]), f"cuda:{device}"
+    return faiss.index_cpu_to_all_gpus(index, co=co), str(_faiss_gpus())
 
 
 def _trained_ivf(corpus, cfg: SearchConfig, *, gpu: bool):
@@ -242,7 +255,7 @@ def _trained_ivf(corpus, cfg: SearchConfig, *, gpu: bool):
     rows = np.sort(np.random.default_rng(_TRAIN_SEED).choice(n, n_train, replace=False))
     sample = np.ascontiguousarray(corpus[rows], dtype=np.float32)
     if gpu:  # k-means assignment on the GPUs: hours on CPU at nlist=65536
-        clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(d))
+        clustering, _ = _to_gpu(faiss.IndexFlatIP(d), fp16=False, shard=False)  # held: faiss keeps no reference
         index.clustering_index = clustering
         index.train(sample)
         index.clustering_index = None

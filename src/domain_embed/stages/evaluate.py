@@ -20,6 +20,7 @@ from domain_embed.rundir import atomic_write_json
 from domain_embed.stages.base import Stage, register
 from domain_embed.stages.baseline import add_hybrid, read_per_query, split_dir, write_splits
 from domain_embed.stages.finetune import trained_model_path
+from domain_embed.tuning.losses import matryoshka_dims
 
 _SHOWN = ("ndcg@10", "recall@10", "mrr@10")
 
@@ -64,7 +65,7 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     write_splits(out, results, ctx, pairs, hybrid, reference)
 
     mrl = {}
-    for dims in sorted(cfg.training.matryoshka_dims, reverse=True):
+    for dims in matryoshka_dims(cfg.training.matryoshka_dims, tuned.dim):
         mrl[str(dims)] = {
             name: {m: v for m, v in evaluate_dense(name, emb, data, windows, split, cfg.eval, use_title,
                                                    dims=dims).metrics.mean().items() if m in _SHOWN}

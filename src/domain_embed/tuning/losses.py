@@ -6,7 +6,7 @@ Every loss here reads its inputs by column position, so `columns_for` is the one
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
@@ -73,11 +73,20 @@ def columns_for(loss: str, num_negatives: int) -> list[str]:
     return ["anchor", "positive", *(f"negative_{i}" for i in range(1, num_negatives + 1))]
 
 
-def _check_matryoshka_dims(dims: list[int], model_dim: int) -> None:
-    if any(d < 1 or d > model_dim for d in dims):
-        raise ConfigError(f"training.matryoshka_dims {dims} must lie in 1..{model_dim} (the model's dimension)")
-    if any(a <= b for a, b in pairwise(dims)):
-        raise ConfigError(f"training.matryoshka_dims {dims} must be strictly decreasing, e.g. [{model_dim}, 256, 64]")
+def matryoshka_dims(configured: Sequence[int], model_dim: int) -> list[int]:
+    """The dimensions MatryoshkaLoss trains and the evaluation scores: the model's own, then the configured smaller
+    ones. A list of truncations alone (e.g. [256, 128, 64]) thus fits a model of any larger dimension; naming the
+    model's dimension first is allowed too. Empty: no Matryoshka training."""
+    if not configured:
+        return []
+    dims = [int(d) for d in configured]
+    smaller = dims[1:] if dims[0] == model_dim else dims
+    if any(d < 1 or d >= model_dim for d in smaller):
+        raise ConfigError(f"training.matryoshka_dims {dims} must lie below the model's dimension {model_dim} (in "
+                          f"1..{model_dim - 1}; the full {model_dim} is always trained too)")
+    if any(a <= b for a, b in pairwise(smaller)):
+        raise ConfigError(f"training.matryoshka_dims {dims} must be strictly decreasing, e.g. [256, 128, 64]")
+    return [model_dim, *smaller]
 
 
 def build_loss(model: SentenceTransformer, cfg: TrainingConfig,
@@ -87,6 +96,5 @@ def build_loss(model: SentenceTransformer, cfg: TrainingConfig,
     loss = _BUILDERS[cfg.loss](model, cfg, guide)
     if not cfg.matryoshka_dims:
         return loss
-    dims = list(cfg.matryoshka_dims)
-    _check_matryoshka_dims(dims, model.get_embedding_dimension())
+    dims = matryoshka_dims(cfg.matryoshka_dims, model.get_embedding_dimension())
     return losses.MatryoshkaLoss(model, loss, matryoshka_dims=dims)
