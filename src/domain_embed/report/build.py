@@ -16,7 +16,7 @@ from domain_embed.report.plots import plot_before_after, plot_formats, plot_mrl,
 from domain_embed.report.recommend import decide, recommend
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
-_STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate")
+_STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate", "rerank")
 _GAP_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10")
 # evaluate writes {} for a check it skipped: the report says why, and the key that turns it on
 _NOT_RUN = {"mrl": "`training.matryoshka_dims` is empty; set it (e.g. `training.matryoshka_dims=[256,128,64]`) to "
@@ -66,6 +66,8 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
         report["warnings"] += [f"mining: {w}" for w in report["mining"]["warnings"]]
     if "evaluate" in manifests:
         _add_tuned(report, rd.stage_dir("evaluate"), ctx)
+    if "rerank" in manifests:
+        _add_rerank(report, rd.stage_dir("rerank"))
     if "finetune" in manifests:
         log = read_json(rd.stage_dir("finetune") / "train_log.json")
         report["training"] = {k: v for k, v in log.items() if k != "log_history"}
@@ -109,6 +111,28 @@ def _add_tuned(report: dict, folder, ctx: RunContext) -> None:
             report.setdefault("not_run", {})[name] = why
 
 
+def _add_rerank(report: dict, folder: Path) -> None:
+    """The reranked systems (metrics, CIs, comparisons with every other system) and how they were chosen on dev, or in
+    not_run why the stage scored nothing."""
+    choice = read_json(folder / "choice.json")
+    if "skipped" in choice:
+        report.setdefault("not_run", {})["rerank"] = choice["skipped"]
+        return
+    ev = read_json(folder / "metrics.json")
+    report["metrics"].update(ev["systems"])
+    report["ci95"].update(ev["ci95"])
+    report["comparisons"].update(ev["comparisons"])
+    report["rerank"] = choice
+
+
+def rerank_table(report: dict) -> str:
+    """Each reranked system under its first stage (the reranker's card: before and after reranking)."""
+    firsts = report["rerank"]["depths"]
+    names = [n for f in firsts for n in (f, f"rerank({f})") if n in report["metrics"]]
+    return metrics_table({"metrics": {n: report["metrics"][n] for n in names},
+                          "ci95": {n: report["ci95"].get(n, {}) for n in names}})
+
+
 def _dataset_name(cfg: DataConfig) -> str:
     """What a reviewer knows the data as: the hub data set (even read from a local copy), else its folder."""
     if cfg.source == SourceKind.hub and cfg.hub.name:
@@ -148,4 +172,7 @@ def write_report(ctx: RunContext, ran: list[str]) -> dict:
     model = ctx.run_dir.stage_dir("finetune") / "model"
     if "tuned" in report["metrics"] and model.exists():
         update_model_card(model, metrics_table(report))
+    reranker = ctx.run_dir.stage_dir("rerank") / "model"
+    if "rerank" in report and reranker.exists():
+        update_model_card(reranker, rerank_table(report))
     return report
