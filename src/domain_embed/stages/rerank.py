@@ -184,8 +184,7 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     primary, dev_ref = e.primary_metric, dev.reference()
     grid = []
     for first, rankings in firsts.items():
-        width = rankings[DEV_SPLIT].shape[1]
-        for depth in sorted({min(d, width) for d in r.depths}):
+        for depth in sorted(set(r.depths)):  # deeper than the stored ranking (eval.k_values, eval.hybrid.depth): all
             value = dev.result(first, rankings[DEV_SPLIT], depth, e.k_values, backend).metrics.mean()[primary]
             grid.append({"first_stage": first, "depth": depth, "value": value,
                          "first_stage_value": dev_ref[first].mean()[primary]})
