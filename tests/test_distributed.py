@@ -19,7 +19,7 @@ from domain_embed import distributed
 from domain_embed.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
+STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "rerank"]
 
 RANKS_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -210,7 +210,8 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
     assert proc.returncode == 0, out[-4000:]
     report = json.loads((run / "report.json").read_text())
     assert report["run"]["ran_now"] == STAGES
-    assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned"}
+    assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned", "rerank(bm25)",
+                                      "rerank(tuned)", "rerank(hybrid_tuned)"}
     assert "ndcg@10" in report["gap_closed"]
     # the base, the round-1 and the final model, once each, not once per rank
     assert report["cost"]["corpus_encodes"] == 3
