@@ -143,6 +143,15 @@ def test_a_given_reranker_is_used_as_it_is_without_training(upstream, tiny_cross
         assert ranked["scores"][q, :5] == pytest.approx(alone, abs=1e-5)
 
 
+def test_nothing_is_trained_or_scored_where_dev_is_the_evaluated_split(upstream, tmp_path):
+    run = _copy(upstream, tmp_path)
+    report = _run(run, *upstream[1], "eval.split=dev")
+    assert "rerank" in report["run"]["ran_now"] and "rerank" not in report
+    assert "chosen on the dev split, which is the evaluated split here" in report["not_run"]["rerank"]
+    assert not [s for s in report["metrics"] if s.startswith("rerank(")] and not (run / "rerank" / "model").exists()
+    assert "## Reranking (cross-encoder)\n\nNot run: the depth" in (run / "report.md").read_text()
+
+
 class _Scripted:
     """A reranker whose scores are a table: (query text, document number) -> score, 0 elsewhere."""
 

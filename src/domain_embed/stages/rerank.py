@@ -23,7 +23,7 @@ from datasets import DatasetDict
 
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
-from domain_embed.retrieval.evaluate import DEV_SPLIT, SystemResult, scored_splits
+from domain_embed.retrieval.evaluate import DEV_SPLIT, SystemResult
 from domain_embed.retrieval.metrics import compute_metrics
 from domain_embed.retrieval.rerank import PairScorer, candidates, latency_ms, rerank
 from domain_embed.retrieval.search import windows_by_doc
@@ -157,10 +157,10 @@ def choose_on_dev(grid: list[dict]) -> tuple[dict[str, int], str]:
 def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     _check(ctx)
     r, e = ctx.cfg.rerank, ctx.cfg.eval
-    splits = scored_splits(e, ctx.data)
-    if DEV_SPLIT not in splits:
-        why = ("the depth and first stage are chosen on the dev split, and the data has none besides the evaluated "
-               "split: add a dev split, or drop `rerank` from `stages`")
+    if e.split == DEV_SPLIT or DEV_SPLIT not in ctx.data.qrels:
+        where = "which is the evaluated split here" if e.split == DEV_SPLIT else "and the data has none"
+        why = (f"the depth and first stage are chosen on the dev split, {where}: evaluate another split with a dev "
+               "split beside it, or drop `rerank` from `stages`")
         log.warning("rerank not run: %s", why)
         atomic_write_json(out / "choice.json", {"skipped": why})
         return
