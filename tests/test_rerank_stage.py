@@ -152,6 +152,15 @@ def test_nothing_is_trained_or_scored_where_dev_is_the_evaluated_split(upstream,
     assert "## Reranking (cross-encoder)\n\nNot run: the depth" in (run / "report.md").read_text()
 
 
+def test_a_given_reranker_that_cannot_load_is_one_clear_error(upstream, tmp_path):
+    from domain_embed.errors import ModelLoadError
+
+    run = _copy(upstream, tmp_path)
+    with pytest.raises(ModelLoadError, match=r"cannot load rerank\.model '.*no-such-model'"):
+        _run(run, *upstream[1], f"rerank.model={tmp_path / 'no-such-model'}")
+    assert not (run / "rerank").exists()
+
+
 class _Scripted:
     """A reranker whose scores are a table: (query text, document number) -> score, 0 elsewhere."""
 

@@ -22,7 +22,7 @@ import numpy as np
 from datasets import DatasetDict
 
 from domain_embed.context import RunContext
-from domain_embed.errors import ConfigError
+from domain_embed.errors import ConfigError, ModelLoadError
 from domain_embed.retrieval.evaluate import DEV_SPLIT, SystemResult
 from domain_embed.retrieval.metrics import compute_metrics
 from domain_embed.retrieval.rerank import PairScorer, candidates, latency_ms, rerank
@@ -101,8 +101,12 @@ def _reranker(ctx: RunContext, out: Path):
         return _trained(ctx, out)
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(r.model, max_length=r.max_length, device=_device(ctx),
-                         trust_remote_code=ctx.cfg.model.trust_remote_code)
+    try:
+        model = CrossEncoder(r.model, max_length=r.max_length, device=_device(ctx),
+                             trust_remote_code=ctx.cfg.model.trust_remote_code)
+    except Exception as exc:  # the hub, the filesystem and transformers all raise different types
+        raise ModelLoadError(f"cannot load rerank.model '{r.model}': {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     return model, {"source": "given", "path": r.model}
 
 
