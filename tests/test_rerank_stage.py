@@ -18,6 +18,7 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from domain_embed.context import RunContext
+from domain_embed.errors import ConfigError
 from domain_embed.pipeline import run_pipeline
 from domain_embed.retrieval.rerank import rerank
 from domain_embed.stages import rerank as rerank_stage
@@ -159,6 +160,14 @@ def test_a_given_reranker_that_cannot_load_is_one_clear_error(upstream, tmp_path
     with pytest.raises(ModelLoadError, match=r"cannot load rerank\.model '.*no-such-model'"):
         _run(run, *upstream[1], f"rerank.model={tmp_path / 'no-such-model'}")
     assert not (run / "rerank").exists()
+
+
+def test_training_the_reranker_under_a_launcher_is_refused_clearly(upstream, monkeypatch, tmp_path):
+    run = _copy(upstream, tmp_path)
+    monkeypatch.setattr(rerank_stage.distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(rerank_stage.distributed, "is_main", lambda: True)
+    with pytest.raises(ConfigError, match=r"without the launcher"):
+        rerank_stage._run(RunContext(_compose(run, *upstream[1]), run), tmp_path / "out", {})
 
 
 class _Scripted:

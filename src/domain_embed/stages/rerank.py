@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from datasets import DatasetDict
 
+from domain_embed import distributed
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError, ModelLoadError
 from domain_embed.retrieval.evaluate import DEV_SPLIT, SystemResult
@@ -58,6 +59,10 @@ def _inputs(ctx: RunContext) -> dict:
 
 def _check(ctx: RunContext) -> None:
     r = ctx.cfg.rerank
+    if r.model is None and distributed.world_size() > 1:
+        raise ConfigError("training the reranker under a launcher (several ranks) is not supported yet: run "
+                          "`stages=[rerank]` again without the launcher (the finished stages are reused), or give a "
+                          "trained cross-encoder as rerank.model")
     if not r.depths or min(r.depths) < 1:
         raise ConfigError(f"rerank.depths={list(r.depths)}: expected one or more depths >= 1")
     if not r.first_stages:
