@@ -290,3 +290,13 @@ def test_kill_9_while_training_the_reranker_then_resume_matches_the_uninterrupte
     for first in FIRSTS:
         assert report["metrics"][f"rerank({first})"] == pytest.approx(uninterrupted["metrics"][f"rerank({first})"],
                                                                       abs=1e-6)
+
+
+def test_rerank_is_a_default_stage_and_the_smoke_budget_keeps_it_small(tmp_path):
+    from domain_embed.config import RootConfig
+
+    cfg = _compose(tmp_path / "run", "+domain=legal", "budget=smoke")
+    assert cfg.stages == RootConfig().stages and cfg.stages[-2:] == ["evaluate", "rerank"]
+    r = cfg.rerank
+    assert r.first_stages == ["hybrid_tuned"] and max(r.depths) == 5 and r.max_train_queries == 50
+    assert cfg.budget.max_queries * max(r.depths) * 2 == 2000  # dev and test pairs the smoke reranker scores
