@@ -18,7 +18,7 @@ def _data(qrels: dict) -> DomainData:
 def _systems(data: DomainData, cfg: EvalConfig, split: str):
     """Identical rankings on every split: dense prefers d0, BM25 prefers d2, both put d1 in the middle."""
     dense = _score("tuned", data, split, np.array([[0, 1, 2]]), np.array([[1.0, 0.5, 0.0]]), "torch", cfg.k_values)
-    sparse = _score("bm25", data, split, np.array([[2, 1, 0]]), np.array([[10.0, 5.0, 0.0]]), "bm25s",
+    sparse = _score("bm25", data, split, np.array([[2, 1, 0]]), np.array([[10.0, 5.0, 1.0]]), "bm25s",
                     cfg.k_values)
     return dense, sparse
 
@@ -96,6 +96,10 @@ def test_baseline_without_dev_split_reports_why_no_hybrid_or_fuses_a_fixed_one(m
     assert "no dev split" in report["not_run"]["hybrid_base"]
     assert "- hybrid_base: not run: no dev split" in (run / "report.md").read_text()
     assert not (run / "baseline" / "dev").exists()  # nothing to score there
+    rec = report["recommendation"]
+    assert rec["split"] == "test" and rec["note"].startswith("the data has no dev split, so the recommendation is "
+                                                             "chosen on the test split its figures come from")
+    assert "Note: the data has no dev split" in (run / "report.md").read_text()
     fixed = run_pipeline(RunContext(make_config(run, *args, "eval.hybrid.method=rrf"), run))
     assert fixed["run"]["ran_now"] == ["baseline"] and fixed["hybrid"]["hybrid_base"]["method"] == "rrf"
     assert "hybrid_base-vs-bm25" in fixed["comparisons"] and "not_run" not in fixed

@@ -38,11 +38,16 @@ def test_audit_and_baseline_write_the_report(make_config, overrides, tmp_path):
     assert on_disk["metrics"] == report["metrics"]
     md = (tmp_path / "run" / "report.md").read_text()
     assert "| baseline |" in md and "| bm25 |" in md and "Token-length audit" in md
-    # no tuned model: the recommendation weighs BM25 against the (random) base model, from the stored comparison
-    rec, stored = report["recommendation"], report["comparisons"]["bm25-vs-baseline"]["recall@10"]
-    assert rec["system"] == "bm25" and rec["compared"][0] == {
+    # no tuned model: the recommendation weighs BM25 against the (random) base model, from the comparison stored
+    # for the dev split, then reports BM25's test figures once
+    rec, stored = report["recommendation"], report["dev"]["comparisons"]["bm25-vs-baseline"]["recall@10"]
+    assert rec["system"] == "bm25" and rec["split"] == "dev" and rec["compared"][0] == {
         "a": "bm25", "b": "baseline", "metric": "recall@10", "delta": stored["delta"], "ci95": stored["ci95"],
         "p": stored["p_value"]}
+    assert report["dev"]["metrics"]["bm25"] != report["metrics"]["bm25"]  # other queries
+    assert (rec["test"]["split"], rec["test"]["mean"], rec["test"]["ci95"]) == (
+        "test", report["metrics"]["bm25"]["recall@10"], report["ci95"]["bm25"]["recall@10"])
+    assert rec["test"]["agrees"] == (rec["test"]["pick"] == "bm25")
     assert {(e["a"], e["b"]) for e in rec["compared"][1:]} == {("hybrid_base", "baseline"), ("hybrid_base", "bm25")}
     # the hybrid's fusion was chosen on dev (queries only: the corpus encode above stays 1), among RRF and the grid
     how = report["hybrid"]["hybrid_base"]
@@ -58,7 +63,8 @@ def test_audit_and_baseline_write_the_report(make_config, overrides, tmp_path):
         assert len(per_query["qids"]) == metrics["n_queries"] and set(per_query["systems"]) == set(metrics["systems"])
         assert all((folder / f"ranking_{s}.npz").exists() for s in metrics["systems"])
     assert not (tmp_path / "run" / "baseline" / "dev" / "dev").exists()
-    assert md.splitlines()[2] == f"**Recommendation: BM25** (`bm25`), {rec['reason']}."
+    assert md.splitlines()[2] == f"**Recommendation: BM25** (`bm25`), chosen on the dev split: {rec['reason']}."
+    assert md.splitlines()[4].startswith("On the test split, reported once: recall@10 ")
 
 
 def test_rerun_skips_finished_stages_and_force_redoes_them(make_config, overrides, tmp_path):

@@ -55,12 +55,42 @@ def test_training_floats_are_rounded_and_mining_shows_mined_and_used_negatives()
     assert "best dev nDCG@10 - (" in render_markdown(report(training={**training, "best_dev_ndcg@10": None}))
 
 
-def test_the_article_decision_is_labelled_as_tuned_vs_base_only():
+def test_the_decision_names_the_split_it_was_made_on():
     gap = {"recall@10": {"delta": 0.06, "relative": 0.1, "ci95": [0.04, 0.08], "p_value": 0.001}}
-    decision = {"adopt_tuned": True, "reason": "recall@10 gained +6.0 points"}
+    decision = {"adopt_tuned": False, "split": "dev", "reason": "recall@10 gained +6.0 points (95% CI +4.0 to +8.0), "
+                "above the 5-point bar with a CI that excludes 0, but the recommendation, BM25, does not use the tuned "
+                "model"}
     md = render_markdown(report(gap_closed=gap, decision=decision))
-    assert "**Decision, tuned vs base model only (the article's rule): the tuned model beats the base model.**" in md
-    assert "adopt the tuned model" not in md
+    assert ("**Decision on the tuned model (the article's rule, tuned vs base on the dev split): do not adopt it.** "
+            "recall@10 gained") in md
+    assert "the top weighs every evaluated system and agrees with this" in md
+
+
+def test_the_recommendation_chosen_on_dev_is_reported_once_on_test_with_any_disagreement():
+    rec = {"system": "hybrid_tuned", "split": "dev", "reason": "the cheapest adoptable system (...)", "compared": [],
+           "test": {"split": "test", "metric": "recall@10", "mean": 0.61, "ci95": [0.55, 0.67],
+                    "compared": [{"other": "bm25", "delta": 0.04, "ci95": [0.02, 0.06]}], "pick": "hybrid_base",
+                    "agrees": False},
+           "tuned_vs_bm25": "On the test split the tuned model alone loses to BM25: recall@10 -3.0 points (95% CI "
+                            "-5.0 to -1.0)."}
+    paragraphs = render_markdown(report(recommendation=rec)).split("\n\n")[1:5]
+    assert paragraphs == [
+        "**Recommendation: hybrid BM25 + tuned model** (`hybrid_tuned`), chosen on the dev split: the cheapest "
+        "adoptable system (...).",
+        "On the test split, reported once: recall@10 0.6100 (95% CI 0.5500 to 0.6700); against bm25 +4.0 points "
+        "(95% CI +2.0 to +6.0).",
+        "Dev and test disagree: the same rule on the test split would pick hybrid_base; the recommendation stays the "
+        "one chosen on dev.",
+        rec["tuned_vs_bm25"]]
+    agree = render_markdown(report(recommendation={**rec, "test": {**rec["test"], "pick": "hybrid_tuned",
+                                                                   "agrees": True}}))
+    assert "The same rule on the test split picks hybrid_tuned too: dev and test agree." in agree
+    note = {**rec, "split": "test", "note": "the data has no dev split, so ...",
+            "test": {**rec["test"], "compared": []}}
+    del note["test"]["pick"], note["test"]["agrees"]
+    md = render_markdown(report(recommendation=note))
+    assert "\n\nNote: the data has no dev split, so ....\n\nOn the test split, reported once: recall@10 0.6100 " \
+        "(95% CI 0.5500 to 0.6700).\n\n" in md and "disagree" not in md
 
 
 @pytest.fixture

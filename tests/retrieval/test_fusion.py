@@ -49,6 +49,16 @@ def test_padding_is_ignored_and_short_results_are_padded():
     assert convex.tolist() == [[4, 0, -1], [1, -1, -1]]  # a one-entry list is still fused, with weight 0
 
 
+def test_a_bm25_document_with_no_term_match_gains_no_credit():
+    """bm25s fills its top k with zero-score documents: they are padding, not a second vote."""
+    dense = (_rows([0, 1]), np.array([[0.9, 0.8]]))
+    sparse = (_rows([5, 1, 2]), np.array([[3.0, 0.0, 0.0]]))  # only document 5 shares a term with the query
+    indices, scores = fuse(dense, sparse, 4, Fusion("rrf", rrf_k=60))
+    assert indices.tolist() == [[0, 5, 1, -1]] and scores[0, :3] == pytest.approx([1 / 61, 1 / 61, 1 / 62])
+    convex, _ = fuse(dense, sparse, 4, Fusion("convex", alpha=0.5))
+    assert convex.tolist() == [[0, 1, 5, -1]]  # 5 alone on its side separates nothing; 2 is not fused at all
+
+
 def test_a_side_whose_scores_are_all_equal_adds_nothing():
     """BM25 for a query without any indexed word: zero scores in corpus order, which must not reorder the dense."""
     dense = (_rows([2, 0, 1]), np.array([[0.9, 0.5, 0.1]]))

@@ -13,7 +13,7 @@ from domain_embed.context import RunContext
 from domain_embed.report.card import update_model_card
 from domain_embed.report.markdown import metrics_table, render_markdown
 from domain_embed.report.plots import plot_before_after, plot_formats, plot_mrl, plot_recall_curves
-from domain_embed.report.recommend import decide, recommend
+from domain_embed.report.recommend import conclude
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
 _STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate", "rerank")
@@ -54,9 +54,7 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
         base = read_json(rd.stage_dir("baseline") / "metrics.json")
         report["eval"] = {"split": base["split"], "n_queries": base["n_queries"], "backends": base["backends"],
                           "primary_metric": ctx.cfg.eval.primary_metric}
-        for key in ("metrics", "ci95", "comparisons"):
-            report[key].update(base["systems" if key == "metrics" else key])
-        _add_hybrid(report, base)
+        _add_scores(report, rd.stage_dir("baseline"), base)
     if "compare" in manifests:
         report["compare"] = read_json(rd.stage_dir("compare") / "compare.json")
     if report["data"]["split_overlap"]:
@@ -65,7 +63,7 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
         report["mining"] = read_json(rd.stage_dir("triplets") / "mining_meta.json")
         report["warnings"] += [f"mining: {w}" for w in report["mining"]["warnings"]]
     if "evaluate" in manifests:
-        _add_tuned(report, rd.stage_dir("evaluate"), ctx)
+        _add_tuned(report, rd.stage_dir("evaluate"))
     if "rerank" in manifests:
         _add_rerank(report, rd.stage_dir("rerank"))
     if "finetune" in manifests:
@@ -74,9 +72,27 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
     if data.skips.skipped:
         report["warnings"].append(f"{len(data.skips.skipped)} bad input records were skipped "
                                   "(data.on_error=skip); see data.skipped")
-    report["recommendation"] = recommend(list(report["metrics"]), report["comparisons"], ctx.cfg.eval.decision_metric,
-                                         ctx.cfg.eval.adopt_min_recall_gain)
+    evaluated = {"split": report.get("eval", {}).get("split"), **{k: report[k] for k in ("metrics", "ci95",
+                                                                                         "comparisons")}}
+    trained = report.get("rerank", {}).get("reranker", {}).get("source") == "trained"
+    tuned_rerankers = [s for s in report["metrics"] if s.startswith("rerank(")] if trained else []
+    report.update(conclude(report.get("dev"), evaluated, ctx.cfg.eval.decision_metric,
+                           ctx.cfg.eval.adopt_min_recall_gain, tuned_rerankers))
     return report
+
+
+def _add_scores(report: dict, folder: Path, summary: dict) -> None:
+    """A scoring stage's systems, CIs, comparisons and fusions on the evaluated split (`summary`, its metrics.json),
+    and in report["dev"] the same on the dev split from its dev/ folder, where it wrote one."""
+    for key in ("metrics", "ci95", "comparisons"):
+        report[key].update(summary["systems" if key == "metrics" else key])
+    _add_hybrid(report, summary)
+    if (folder / "dev" / "metrics.json").exists():
+        dev = read_json(folder / "dev" / "metrics.json")
+        into = report.setdefault("dev", {"split": dev["split"], "n_queries": dev["n_queries"], "metrics": {},
+                                         "ci95": {}, "comparisons": {}})
+        for key in ("metrics", "ci95", "comparisons"):
+            into[key].update(dev["systems" if key == "metrics" else key])
 
 
 def _add_hybrid(report: dict, summary: dict) -> None:
@@ -89,21 +105,16 @@ def _add_hybrid(report: dict, summary: dict) -> None:
             report.setdefault("hybrid", {})[name] = how
 
 
-def _add_tuned(report: dict, folder, ctx: RunContext) -> None:
-    """Tuned metrics, the gap closed on each metric, the article's adoption rule, and the MRL, OOD and vector-format
-    checks."""
+def _add_tuned(report: dict, folder: Path) -> None:
+    """Tuned metrics, the gap closed on each metric, and the MRL, OOD and vector-format checks."""
     ev = read_json(folder / "metrics.json")
-    report["metrics"].update(ev["systems"])
-    report["ci95"].update(ev["ci95"])
-    report["comparisons"].update(ev["comparisons"])
-    _add_hybrid(report, ev)
+    _add_scores(report, folder, ev)
     gap = ev["comparisons"]["tuned-vs-baseline"]
     report["gap_closed"] = {m: {k: gap[m][k] for k in ("delta", "relative", "ci95", "p_value")}
                             for m in _GAP_METRICS if m in gap}
     if "tuned-vs-bm25" in ev["comparisons"]:
         report["tuned_vs_bm25"] = {m: ev["comparisons"]["tuned-vs-bm25"][m] for m in _GAP_METRICS
                                    if m in ev["comparisons"]["tuned-vs-bm25"]}
-    report["decision"] = decide(gap, ctx.cfg.eval.decision_metric, ctx.cfg.eval.adopt_min_recall_gain)
     for name, why in _NOT_RUN.items():
         if (folder / f"{name}.json").exists() and (value := read_json(folder / f"{name}.json")):
             report[name] = value
@@ -118,10 +129,7 @@ def _add_rerank(report: dict, folder: Path) -> None:
     if "skipped" in choice:
         report.setdefault("not_run", {})["rerank"] = choice["skipped"]
         return
-    ev = read_json(folder / "metrics.json")
-    report["metrics"].update(ev["systems"])
-    report["ci95"].update(ev["ci95"])
-    report["comparisons"].update(ev["comparisons"])
+    _add_scores(report, folder, read_json(folder / "metrics.json"))
     report["rerank"] = choice
 
 

@@ -2,7 +2,9 @@
 
 Pure numpy over each system's top-`depth` lists (document positions and scores, shape (n_queries, depth), -1
 padding allowed), so the rules are tested on hand-made rankings. A document only one side found gets only that
-side's contribution; equal fused scores are ordered by document position, so the output is reproducible."""
+side's contribution; equal fused scores are ordered by document position, so the output is reproducible. On the
+sparse side a score <= 0 means no query term matched (bm25s still fills the top `depth` with such documents): those
+entries count as padding, so filler never earns fused credit."""
 
 from __future__ import annotations
 
@@ -39,9 +41,10 @@ def _min_max(indices: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def fuse(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray, np.ndarray], k: int,
          fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
-    """Top-`k` fused (indices, scores) of two (indices, scores) rankings, best first; rows with fewer than `k`
-    distinct documents are padded with -1 / -inf."""
+    """Top-`k` fused (indices, scores) of a dense and a sparse (BM25) ranking, each (indices, scores), best first;
+    rows with fewer than `k` distinct documents are padded with -1 / -inf."""
     (d_idx, d_scores), (s_idx, s_scores) = dense, sparse
+    s_idx = np.where(s_scores > 0, s_idx, -1)  # no term match: not evidence for the document
     if fusion.method == "rrf":
         d_part, s_part = _rrf(d_idx, fusion.rrf_k), _rrf(s_idx, fusion.rrf_k)
     elif fusion.method == "convex":

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 def _inputs(ctx: RunContext) -> dict:
     e = ctx.cfg.eval
     return {"audit": ctx.run_dir.manifest("audit")["key"], "model": ctx.embedder.fingerprint,
-            "encode_dtype": ctx.embedder.encode_dtype, "split": e.split, "k_values": list(e.k_values),
+            "encode_dtype": ctx.embedder.encode_dtype, "splits": scored_splits(e, ctx.data),
+            "k_values": list(e.k_values),
             "bm25": vars(e.bm25) if e.bm25.enabled else None,
             "hybrid": dataclasses.asdict(e.hybrid) if e.hybrid.enabled else None,
             "bootstrap": [e.bootstrap_samples, e.bootstrap_seed],

@@ -62,6 +62,7 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
             reference = {s: {"hybrid_base": v} for s, v in stored.items()}
             pairs += [("hybrid_base", "tuned"), ("hybrid_tuned", "hybrid_base")]
     write_splits(out, results, ctx, pairs, hybrid, reference)
+
     mrl = {}
     for dims in sorted(cfg.training.matryoshka_dims, reverse=True):
         mrl[str(dims)] = {
