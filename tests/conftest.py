@@ -55,6 +55,18 @@ def tiny_model(tmp_path_factory) -> Path:
     return _build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tiny_model, tmp_path_factory) -> Path:
+    """The tiny BERT under a one-logit head (random, seeded), saved as a CrossEncoder directory."""
+    from sentence_transformers import CrossEncoder
+    from transformers import set_seed
+
+    set_seed(0)
+    path = tmp_path_factory.mktemp("tiny-cross-encoder") / "ce"
+    CrossEncoder(str(tiny_model), num_labels=1, max_length=64, device="cpu").save(str(path))
+    return path
+
+
 def write_beir(root: Path, corpus: list[dict], queries: list[dict], qrels: dict[str, list[tuple]]) -> Path:
     import json
 

@@ -9,7 +9,7 @@ from domain_embed.cli import _summary_lines
 from domain_embed.context import RunContext
 from domain_embed.pipeline import run_pipeline
 
-STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
+STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "rerank"]
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def test_cold_cache_warm_cache_and_a_rerun_that_skips_everything(make_config, ov
     assert cold["run"]["ran_now"] == STAGES
     # the base model; the round-1 model, for the second round's mining (mining.rounds=2 by default); the final one
     assert _stage_encodes(tmp_path / "cold") == {"baseline": 1, "mine": 0, "triplets": 0, "finetune": 1,
-                                                 "evaluate": 1}
+                                                 "evaluate": 1, "rerank": 0}
     assert cold["cost"]["corpus_encodes"] == cold["cost"]["corpus_encodes_this_run"] == 3
 
     warm = _run(make_config, tmp_path / "warm", cache, *overrides)  # same data, model and seed: same tuned weights
@@ -66,7 +66,7 @@ def test_stages_that_miss_the_cache_count_what_they_encode(make_config, override
     assert triplets["cost"]["corpus_encodes_this_run"] == 1 and triplets["cost"]["corpus_encodes"] == 2
 
     evaluated = _run(make_config, run, tmp_path / "cache3", *overrides)
-    assert evaluated["run"]["ran_now"] == ["finetune", "evaluate"]
+    assert evaluated["run"]["ran_now"] == ["finetune", "evaluate", "rerank"]
     assert _stage_encodes(run)["evaluate"] == 2  # the base model's corpus vectors were gone too, not only the tuned
     # finetune: the round-1 model for round 2's mining; evaluate: the base and the final model
     assert evaluated["cost"]["corpus_encodes_this_run"] == 3 and evaluated["cost"]["corpus_encodes"] == 5

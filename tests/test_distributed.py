@@ -204,7 +204,8 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
              f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", "training.batch_size=2", "training.epochs=2",
              "training.num_negatives=1",  # the tiny data has only 2 rows with 3 mined negatives: less than 2 x 2
              "training.eval_steps=1", "training.save_steps=1", "training.logging_steps=1",
-             "training.warmup=0"]  # no step at learning rate 0: each round's best checkpoint is a new model
+             "training.warmup=0",  # no step at learning rate 0: each round's best checkpoint is a new model
+             f"stages=[{','.join(STAGES)}]"]  # not rerank: its trainer does not run under a launcher yet
     proc = subprocess.run(launch + train, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=150)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]

@@ -26,5 +26,5 @@ def test_evaluate_scores_vector_formats_without_a_corpus_encode_and_reports_them
     assert "## Vector formats" in md and "| 16 | binary (rescored) |" in md and "![formats](plots/formats.png)" in md
 
     off = run_pipeline(RunContext(make_config(run, *args, "eval.formats.enabled=false"), run))
-    assert off["run"]["ran_now"] == ["evaluate"] and "formats" not in off
+    assert off["run"]["ran_now"] == ["evaluate", "rerank"] and "formats" not in off
     assert "## Vector formats\n\nNot run: `eval.formats.enabled` is false" in (run / "report.md").read_text()

@@ -21,11 +21,12 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
     run = tmp_path / "run"
     cfg = make_config(run, *overrides, "training.matryoshka_dims=[16]", f"eval.ood.path={tiny_beir}")
     report = run_pipeline(RunContext(cfg, run))
-    assert report["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
+    assert report["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "rerank"]
     # base once, the round-1 model once (round 2's mining), the final model once unless round 2 did not beat round 1
     # on dev (its vectors are then round 2's mining's); the OOD corpus is not ours
     assert report["cost"]["corpus_encodes"] == (2 if report["training"]["kept_round"] == 1 else 3)
-    assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned"}
+    assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned", "rerank(bm25)",
+                                      "rerank(tuned)", "rerank(hybrid_tuned)"}
     for name in ("hybrid_base", "hybrid_tuned"):  # scored like every other system, fused as chosen on dev
         lo, hi = report["ci95"][name]["ndcg@10"]
         assert lo <= report["metrics"][name]["ndcg@10"] <= hi

@@ -24,8 +24,8 @@ def test_two_job_sweep_reuses_shared_stages(tiny_beir, tiny_model, tmp_path):
     sweep = tmp_path / "sweep"
     first = json.loads((sweep / "0" / "report.json").read_text())
     second = json.loads((sweep / "1" / "report.json").read_text())
-    assert first["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
-    assert second["run"]["ran_now"] == ["finetune", "evaluate"]  # nothing upstream was recomputed
+    assert first["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "rerank"]
+    assert second["run"]["ran_now"] == ["finetune", "evaluate", "rerank"]  # nothing upstream was recomputed
     log = (sweep / "1" / "train.log").read_text()
     for stage in ("audit", "baseline", "mine", "triplets"):
         assert f"stage {stage}: reusing the sweep's shared output" in log

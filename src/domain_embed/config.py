@@ -328,6 +328,32 @@ class CompareConfig:
 
 
 @dataclass
+class RerankConfig:
+    """Stage `rerank`: a cross-encoder re-scores each first stage's top documents. Which first stage and how deep are
+    chosen on the dev split by `eval.primary_metric`, never on the evaluated split."""
+
+    model: str | None = None  # a cross-encoder (path or hub id) used as it is; None: train one in the run
+    depths: list[int] = field(default_factory=lambda: [20, 50, 100])  # candidates re-scored per query, tried on dev
+    first_stages: list[str] = field(default_factory=lambda: ["bm25", "tuned", "hybrid_tuned"])
+    max_length: int = 256  # tokens of (query, document window) together
+    batch_size: int = 64  # pairs scored per forward pass
+    latency_queries: int = 20  # queries re-ranked one at a time to measure ms per query
+    # training (model=None): BinaryCrossEntropyLoss on the triplets stage's train rows (positive 1, mined negatives 0)
+    num_negatives: int = 5  # mined negatives per (query, positive) pair (at most mining.num_negatives)
+    max_train_queries: int | None = None  # a seeded sample of the training queries; None: all
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 2e-5
+    train_batch_size: int = 32
+    warmup: float = 0.1  # fraction of steps
+    eval_steps: int = 200  # dev evaluation (and checkpoint) every this many steps
+    save_total_limit: int = 2
+    dev_eval_queries: int = 100  # dev queries (positives and mined negatives) ranked during training
+    resume: bool = False  # continue from the last checkpoint after a kill
+    keep_checkpoints: bool = False
+
+
+@dataclass
 class RootConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -337,8 +363,9 @@ class RootConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
     stages: list[str] = field(default_factory=lambda: ["audit", "baseline", "mine", "triplets", "finetune",
-                                                       "evaluate"])
+                                                       "evaluate", "rerank"])
     force: bool = False
     seed: int = 42
     device: str = "auto"  # where models encode and train: auto | cpu | cuda

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 SHARED_STAGES = ("audit", "baseline", "mine", "triplets")
 # stages every rank of a launcher (torchrun, accelerate launch) runs together: fine-tuning (DDP) and the corpus
 # stages, whose encodes and searches the ranks split (retrieval.embed, retrieval.search); rank 0 alone runs the rest
-DISTRIBUTED_STAGES = ("baseline", "mine", "triplets", "finetune", "evaluate", "compare")
+DISTRIBUTED_STAGES = ("baseline", "mine", "triplets", "finetune", "evaluate", "compare", "rerank")
 
 
 def plan(selected: list[str]) -> list[str]:

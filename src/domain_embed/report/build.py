@@ -16,7 +16,7 @@ from domain_embed.report.plots import plot_before_after, plot_formats, plot_mrl,
 from domain_embed.report.recommend import conclude
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
-_STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate")
+_STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate", "rerank")
 _GAP_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10")
 # evaluate writes {} for a check it skipped: the report says why, and the key that turns it on
 _NOT_RUN = {"mrl": "`training.matryoshka_dims` is empty; set it (e.g. `training.matryoshka_dims=[256,128,64]`) to "
@@ -64,6 +64,8 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
         report["warnings"] += [f"mining: {w}" for w in report["mining"]["warnings"]]
     if "evaluate" in manifests:
         _add_tuned(report, rd.stage_dir("evaluate"))
+    if "rerank" in manifests:
+        _add_rerank(report, rd.stage_dir("rerank"))
     if "finetune" in manifests:
         log = read_json(rd.stage_dir("finetune") / "train_log.json")
         report["training"] = {k: v for k, v in log.items() if k != "log_history"}
@@ -72,8 +74,10 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
                                   "(data.on_error=skip); see data.skipped")
     evaluated = {"split": report.get("eval", {}).get("split"), **{k: report[k] for k in ("metrics", "ci95",
                                                                                          "comparisons")}}
+    trained = report.get("rerank", {}).get("reranker", {}).get("source") == "trained"
+    tuned_rerankers = [s for s in report["metrics"] if s.startswith("rerank(")] if trained else []
     report.update(conclude(report.get("dev"), evaluated, ctx.cfg.eval.decision_metric,
-                           ctx.cfg.eval.adopt_min_recall_gain))
+                           ctx.cfg.eval.adopt_min_recall_gain, tuned_rerankers))
     return report
 
 
@@ -118,6 +122,25 @@ def _add_tuned(report: dict, folder: Path) -> None:
             report.setdefault("not_run", {})[name] = why
 
 
+def _add_rerank(report: dict, folder: Path) -> None:
+    """The reranked systems (metrics, CIs, comparisons with every other system) and how they were chosen on dev, or in
+    not_run why the stage scored nothing."""
+    choice = read_json(folder / "choice.json")
+    if "skipped" in choice:
+        report.setdefault("not_run", {})["rerank"] = choice["skipped"]
+        return
+    _add_scores(report, folder, read_json(folder / "metrics.json"))
+    report["rerank"] = choice
+
+
+def rerank_table(report: dict) -> str:
+    """Each reranked system under its first stage (the reranker's card: before and after reranking)."""
+    firsts = report["rerank"]["depths"]
+    names = [n for f in firsts for n in (f, f"rerank({f})") if n in report["metrics"]]
+    return metrics_table({"metrics": {n: report["metrics"][n] for n in names},
+                          "ci95": {n: report["ci95"].get(n, {}) for n in names}})
+
+
 def _dataset_name(cfg: DataConfig) -> str:
     """What a reviewer knows the data as: the hub data set (even read from a local copy), else its folder."""
     if cfg.source == SourceKind.hub and cfg.hub.name:
@@ -157,4 +180,7 @@ def write_report(ctx: RunContext, ran: list[str]) -> dict:
     model = ctx.run_dir.stage_dir("finetune") / "model"
     if "tuned" in report["metrics"] and model.exists():
         update_model_card(model, metrics_table(report))
+    reranker = ctx.run_dir.stage_dir("rerank") / "model"
+    if "rerank" in report and reranker.exists():
+        update_model_card(reranker, rerank_table(report))
     return report

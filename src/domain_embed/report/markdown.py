@@ -203,6 +203,32 @@ def _hybrid(how: dict | str) -> str:
     return f"{fusion} over each system's top {how['depth']}; {source}."
 
 
+def _rerank(r: dict) -> str:
+    """How the reranked systems were made and chosen (dev only), and what reranking costs per query here."""
+    m, lat = r["reranker"], r["latency"]
+    if m["source"] == "trained":
+        rows = m["rows"]
+        made = (f"Cross-encoder trained in this run from `{m['base_model']}` (a fresh one-logit head) on "
+                f"{rows['rows']} (query, document) pairs of {rows['queries']} train queries ({rows['positives']} "
+                f"positives, {rows['negatives']} mined negatives; {rows['dropped_labelled_positive']} labelled "
+                f"positives dropped as negatives), {m['global_step']} steps; best dev nDCG@10 among mined negatives "
+                f"{_or_dash(m['best_dev_ndcg10'], '.4f')} ({m['dev_queries']} dev queries); saved to `{m['path']}`.")
+    else:
+        made = f"The given cross-encoder `{m['path']}` (`rerank.model`), used as it is."
+    grid = table(["first stage", "depth", f"dev {r['metric']}", "first stage alone", "chosen"],
+                 [[g["first_stage"], str(g["depth"]), f"{g['value']:.4f}", f"{g['first_stage_value']:.4f}",
+                   "yes" if r["depths"][g["first_stage"]] == g["depth"] else ""] for g in r["grid"]])
+    skipped = "".join(f" `{f}` not reranked: {why}." for f, why in r["not_reranked"].items())
+    pps = _or_dash(lat["pairs_per_second"], ",.1f")
+    ms = _or_dash(lat["ms_per_query"], ",.1f")
+    return (f"{made}\n\nEach first stage's top documents re-scored (long documents by their best window); the depth "
+            f"of each, and the best reranked system (**`{r['best']}`**), chosen on the {r['split']} split by "
+            f"{r['metric']}; the evaluated split was scored once, each first stage at its chosen depth.{skipped}\n\n"
+            f"{grid}\n\n**Cost:** {lat['pairs_scored']:,} pairs scored in {lat['seconds']:.1f} s, {pps} pairs/s; "
+            f"{ms} ms per query at depth {lat['depth']} over `{lat['first_stage']}` (median of "
+            f"{lat['latency_queries']} dev queries, one at a time), on {lat['machine']}.")
+
+
 def render_markdown(report: dict) -> str:
     run, data = report["run"], report["data"]
     out = [f"# domain-embed report: {run['model']} on {data['source']}", "", _recommendation(report["recommendation"]),
@@ -255,6 +281,10 @@ def render_markdown(report: dict) -> str:
                 f"({t['dev_queries']} dev queries, {t['dev_corpus']} dev documents)."]
         if len(t.get("rounds", [])) > 1:
             out += ["", _rounds(t)]
+    if "rerank" in report or "rerank" in report.get("not_run", {}):
+        out += ["", "## Reranking (cross-encoder)", "",
+                _rerank(report["rerank"]) if "rerank" in report
+                else f"Not run: {report['not_run']['rerank']}."]
     skipped = report.get("not_run", {})
     checks = (("mrl", "Matryoshka dimensions", _mrl), ("ood", "Forgetting check (another domain)", _ood),
               ("formats", "Vector formats", _formats))

@@ -85,7 +85,8 @@ def plot_recall_curves(metrics: dict[str, dict[str, float]], path: Path, title: 
     ks: set[int] = set()
     for system, values in metrics.items():
         points = sorted((int(m.split("@")[1]), v) for m, v in values.items() if m.startswith("recall@"))
-        ax.plot(*zip(*points, strict=True), marker="o", label=system)
+        ax.plot(*zip(*points, strict=True), marker="o", label=system,
+                linestyle="--" if system.startswith("rerank(") else "-")  # a reranker over its first stage
         ks.update(k for k, _ in points)
     ax.set_xscale("log")
     ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,12 @@ def _inputs(ctx: RunContext) -> dict:
             "prompts": [ctx.cfg.model.query_prompt, ctx.cfg.model.document_prompt]}
 
 
+def ranking_file(system: str) -> str:
+    """The file of a system's ranking; characters outside [A-Za-z0-9_.-] (the parentheses of `rerank(bm25)`) become
+    `-`, so the name needs no quoting in a shell."""
+    return f"ranking_{re.sub(r'[^A-Za-z0-9_.-]+', '-', system).strip('-')}.npz"
+
+
 def write_results(out: Path, results: list[SystemResult], ctx: RunContext,
                   pairs: list[tuple[str, str]] | None = None, hybrid: dict | None = None, split: str | None = None,
                   reference: dict[str, PerQueryMetrics] | None = None) -> dict:
@@ -59,7 +66,7 @@ def write_results(out: Path, results: list[SystemResult], ctx: RunContext,
                                    for m, v in r.metrics.values.items()}
         summary["backends"][r.name] = r.backend
         per_query["systems"][r.name] = {m: v.tolist() for m, v in r.metrics.values.items()}
-        np.savez_compressed(out / f"ranking_{r.name}.npz", indices=r.indices.astype(np.int32),
+        np.savez_compressed(out / ranking_file(r.name), indices=r.indices.astype(np.int32),
                             scores=r.scores.astype(np.float32))
     by_name = {**(reference or {}), **{r.name: r.metrics for r in results}}
     for a, b in pairs or [(r.name, results[0].name) for r in results[1:]]:

@@ -78,7 +78,7 @@ class MiningResult:
         return summary
 
 
-def _labelled_positives(all_qrels: dict[str, Qrels]) -> dict[str, set[str]]:
+def labelled_positives(all_qrels: dict[str, Qrels]) -> dict[str, set[str]]:
     """Every document labelled relevant for a query in any split: never a negative for that query."""
     out: dict[str, set[str]] = {}
     for qrels in all_qrels.values():
@@ -118,7 +118,7 @@ def mine_hard_negatives(*, query_ids: list[str], query_splits: list[str], query_
     if "bm25" in cfg.sources and bm25_ranked is None:
         raise ConfigError("mining.sources includes bm25, but no BM25 ranking was given")
     doc_pos = {d: i for i, d in enumerate(corpus_ids)}
-    labelled = _labelled_positives(all_qrels)
+    labelled = labelled_positives(all_qrels)
     windows_of = windows_by_doc(parents)
     normalised = [normalise_text(t) for t in documents] if cfg.exclude_same_text else None
     hits = search_documents(query_emb, window_emb, parents, len(corpus_ids), cfg.range_max, cfg.search)

@@ -227,7 +227,7 @@ def _complete_checkpoints(folder: Path) -> list[Path]:
     return complete
 
 
-def _resume_point(checkpoints_dir: Path, resume: bool) -> Path | None:
+def _resume_point(checkpoints_dir: Path, resume: bool, key: str = "training.resume") -> Path | None:
     """Where to continue from; refuses to start over on top of an earlier run's checkpoints, whose
     rotation and best-model bookkeeping would mix with the new run's."""
     existing = _complete_checkpoints(checkpoints_dir) if checkpoints_dir.is_dir() else []
@@ -235,11 +235,11 @@ def _resume_point(checkpoints_dir: Path, resume: bool) -> Path | None:
         if existing:
             log.info("resuming from %s", existing[0])
             return existing[0]
-        log.info("training.resume=true but no checkpoint in %s: starting fresh", checkpoints_dir)
+        log.info("%s=true but no checkpoint in %s: starting fresh", key, checkpoints_dir)
         return None
     if existing:
         raise ConfigError(f"{checkpoints_dir} holds checkpoints of an earlier run ({existing[0].name}): set "
-                          "training.resume=true to continue it, or remove the folder to start over")
+                          f"{key}=true to continue it, or remove the folder to start over")
     return None
 
 

@@ -1,0 +1,75 @@
+"""Second-stage reranking: a cross-encoder re-scores a first stage's top `depth` documents per query.
+
+Scores are raw logits (a sigmoid would tie confident pairs at 1.0). Each (query, document) pair is scored once, however
+many first stages and depths ask for it, and the time spent scoring is kept, so the report can give pairs per second
+as measured on the machine that ran it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+Pair = tuple[int, int]  # (query row, document position)
+
+
+class PairScorer:
+    """Cross-encoder scores of (query row, document) pairs, cached; `text(row, doc)` gives the document's text for
+    that query (for a long document, its best window)."""
+
+    def __init__(self, model, queries: list[str], text: Callable[[int, int], str], batch_size: int = 64):
+        self.model, self.queries, self.text, self.batch_size = model, queries, text, batch_size
+        self.scores: dict[Pair, float] = {}
+        self.seconds = 0.0
+
+    def score(self, pairs: Iterable[Pair]) -> None:
+        todo = [p for p in dict.fromkeys(pairs) if p not in self.scores]
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        values = self.model.predict([(self.queries[q], self.text(q, d)) for q, d in todo], batch_size=self.batch_size,
+                                    activation_fn=torch.nn.Identity(), convert_to_numpy=True, show_progress_bar=True)
+        self.seconds += time.perf_counter() - t0
+        self.scores.update(zip(todo, np.asarray(values, dtype=np.float64).ravel().tolist(), strict=True))
+
+    @property
+    def pairs_per_second(self) -> float | None:
+        return len(self.scores) / self.seconds if self.seconds else None
+
+
+def candidates(indices: np.ndarray, depth: int, rows: Iterable[int] | None = None) -> list[Pair]:
+    """The (query row, document) pairs a rerank at `depth` scores: each row's first `depth` documents (-1: none)."""
+    rows = range(len(indices)) if rows is None else rows
+    return [(q, int(d)) for q in rows for d in indices[q, :depth] if d >= 0]
+
+
+def rerank(indices: np.ndarray, scores: dict[Pair, float], depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ranking shaped like the first stage's: each row's first `depth` documents ordered by `scores` (the first
+    stage's order breaks ties), then the rest in the first stage's order. Scores are the reranker's logits for the
+    re-scored documents and -inf below them (so recall at k beyond `depth` is the first stage's)."""
+    out_idx = indices.copy()
+    out_scores = np.full(indices.shape, -np.inf, dtype=np.float32)
+    for q in range(len(indices)):
+        head = [int(d) for d in indices[q, :depth] if d >= 0]
+        values = np.array([scores[(q, d)] for d in head], dtype=np.float64)
+        order = np.argsort(-values, kind="stable")
+        out_idx[q, :len(head)] = np.asarray(head, dtype=indices.dtype)[order]
+        out_scores[q, :len(head)] = values[order]
+    return out_idx, out_scores
+
+
+def latency_ms(model, queries: list[str], documents: list[list[str]], batch_size: int = 64) -> float | None:
+    """Median milliseconds to rerank one query's documents with `CrossEncoder.rank`, one query at a time (as a
+    service would), after one warm-up call."""
+    if not queries:
+        return None
+    model.rank(queries[0], documents[0], batch_size=batch_size, show_progress_bar=False)
+    times = []
+    for q, docs in zip(queries, documents, strict=True):
+        t0 = time.perf_counter()
+        model.rank(q, docs, batch_size=batch_size, show_progress_bar=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))

@@ -1,0 +1,236 @@
+"""Stage `rerank`: a cross-encoder re-scores the first stages' top documents (systems `rerank(<first stage>)`).
+
+The reranker is trained here from the base model's transformer on the triplets stage's rows (`rerank.model` unset),
+or is the user's cross-encoder, used as it is. Each first stage's depth is chosen on the dev split by
+`eval.primary_metric`, and so is the best reranked system; the evaluated split is scored once, each first stage at
+its chosen depth. Long documents are scored through their best window by the base model, as in training.
+
+Writes rerank/metrics.json, per_query.json, ranking_rerank-<first stage>.npz (the dev split's under rerank/dev/),
+rerank/choice.json (the dev grid, the choices, the latency measured here), and for a trained reranker rerank/model
+(a standard CrossEncoder directory with its card), rerank/dataset (its training rows) and rerank/train_log.json.
+Checkpoints live in <run_dir>/checkpoints/rerank-<key> so that `rerank.resume=true` continues a killed run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+from datasets import DatasetDict
+
+from domain_embed import distributed
+from domain_embed.context import RunContext
+from domain_embed.errors import ConfigError, ModelLoadError
+from domain_embed.retrieval.evaluate import DEV_SPLIT, SystemResult
+from domain_embed.retrieval.metrics import compute_metrics
+from domain_embed.retrieval.rerank import PairScorer, candidates, latency_ms, rerank
+from domain_embed.retrieval.search import windows_by_doc
+from domain_embed.rundir import atomic_write_json, read_json, stable_hash
+from domain_embed.stages.base import Stage, register
+from domain_embed.stages.baseline import ranking_file, read_per_query, split_dir, write_results
+from domain_embed.tracking import trainer_report_to
+from domain_embed.tuning.mining import best_window, labelled_positives
+from domain_embed.tuning.reranker import dev_samples, new_reranker, train_reranker, training_rows
+from domain_embed.tuning.trainer import save_model
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("evaluate", "baseline")  # stages whose rankings a first stage is read from, in this order
+
+
+def system_name(first_stage: str) -> str:
+    return f"rerank({first_stage})"
+
+
+def _inputs(ctx: RunContext) -> dict:
+    r = dataclasses.asdict(ctx.cfg.rerank)
+    for key in ("resume", "keep_checkpoints"):  # how the run gets there, not what it produces
+        r.pop(key)
+    inputs = {s: ctx.run_dir.manifest(s)["key"] for s in SOURCES}
+    inputs.update(rerank=r, seed=ctx.cfg.seed, device=ctx.cfg.device)
+    if ctx.cfg.rerank.model is None:
+        inputs.update(triplets=ctx.run_dir.manifest("triplets")["key"], base_model=ctx.embedder.fingerprint,
+                      precision=ctx.cfg.training.precision)
+    return inputs
+
+
+def _check(ctx: RunContext) -> None:
+    r = ctx.cfg.rerank
+    if r.model is None and distributed.world_size() > 1:
+        raise ConfigError("training the reranker under a launcher (several ranks) is not supported yet: run "
+                          "`stages=[rerank]` again without the launcher (the finished stages are reused), or give a "
+                          "trained cross-encoder as rerank.model")
+    if not r.depths or min(r.depths) < 1:
+        raise ConfigError(f"rerank.depths={list(r.depths)}: expected one or more depths >= 1")
+    if not r.first_stages:
+        raise ConfigError("rerank.first_stages is empty: name the systems to rerank (e.g. [bm25,tuned,hybrid_tuned])")
+
+
+def _device(ctx: RunContext) -> str | None:
+    return None if ctx.cfg.device == "auto" else ctx.cfg.device
+
+
+def _trained(ctx: RunContext, out: Path):
+    """Trains the reranker on the triplets stage's train rows (dev rows evaluate it) and publishes it with its card,
+    training rows and log."""
+    r, cfg = ctx.cfg.rerank, ctx.cfg
+    data = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / "dataset"))
+    rows, stats = training_rows(data["train"], labelled_positives(ctx.data.qrels), r.num_negatives,
+                                max_queries=r.max_train_queries, seed=cfg.seed)
+    dev = dev_samples(data["dev"], r.dev_eval_queries, cfg.seed)
+    model = new_reranker(ctx.embedder.location, r.max_length, seed=cfg.seed, device=_device(ctx),
+                         trust_remote_code=cfg.model.trust_remote_code)
+    work = ctx.run_dir.root / "checkpoints" / f"rerank-{stable_hash(_inputs(ctx))[:16]}"
+    result = train_reranker(model, rows, dev, r, work, seed=cfg.seed, precision=cfg.training.precision,
+                            device=cfg.device, report_to=trainer_report_to(cfg.tracking))
+    rows.save_to_disk(str(out / "dataset"))
+    evals = [h for h in result.log_history if "eval_dev_ndcg@10" in h]
+    table = ("| step | dev nDCG@10 (positives among mined negatives) |\n|---|---|\n"
+             + "\n".join(f"| {h['step']} | {h['eval_dev_ndcg@10']:.4f} |" for h in evals)) if evals else "(no dev set)"
+    save_model(model, out / "model", {"metrics_table": table, "training_config": dataclasses.asdict(r)})
+    log_ = {**dataclasses.asdict(result), "rows": stats, "dev_queries": len(dev)}
+    atomic_write_json(out / "train_log.json", log_)
+    if not r.keep_checkpoints:
+        shutil.rmtree(work, ignore_errors=True)
+    return model, {"source": "trained", "base_model": ctx.embedder.location,
+                   "path": str(ctx.run_dir.stage_dir("rerank") / "model"),  # where `out` is published
+                   **{k: v for k, v in log_.items() if k != "log_history"}}
+
+
+def _reranker(ctx: RunContext, out: Path):
+    r = ctx.cfg.rerank
+    if r.model is None:
+        return _trained(ctx, out)
+    from sentence_transformers import CrossEncoder
+
+    try:
+        model = CrossEncoder(r.model, max_length=r.max_length, device=_device(ctx),
+                             trust_remote_code=ctx.cfg.model.trust_remote_code)
+    except Exception as exc:  # the hub, the filesystem and transformers all raise different types
+        raise ModelLoadError(f"cannot load rerank.model '{r.model}': {exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return model, {"source": "given", "path": r.model}
+
+
+class _Split:
+    """One split's queries, the first stages' rankings on it, and the pair scorer of its (query, window) texts."""
+
+    def __init__(self, ctx: RunContext, split: str, model, window_emb: np.ndarray, windows_of, window_texts):
+        self.split = split
+        self.qids, texts, self.qrels = ctx.data.split(split)
+        query_emb = ctx.embedder.encode_queries(texts)
+
+        def text(row: int, doc: int) -> str:
+            return window_texts[best_window(query_emb[row], window_emb, windows_of, doc)]
+
+        self.scorer = PairScorer(model, texts, text, ctx.cfg.rerank.batch_size)
+        self.folders = {s: split_dir(ctx.run_dir.stage_dir(s), split, ctx) for s in SOURCES}
+        self.ids = np.asarray(ctx.data.corpus_ids, dtype=object)
+
+    def ranking(self, system: str) -> np.ndarray | None:
+        for folder in self.folders.values():
+            if (folder / ranking_file(system)).exists():
+                return np.load(folder / ranking_file(system))["indices"]
+        return None
+
+    def reference(self) -> dict:
+        """Per-query values of every system the earlier stages scored on this split."""
+        out = {}
+        for folder in reversed(self.folders.values()):  # evaluate's wins where both scored a system
+            for name in read_json(folder / "per_query.json")["systems"]:
+                out[name] = read_per_query(folder, name)
+        return out
+
+    def result(self, first: str, indices: np.ndarray, depth: int, k_values: list[int], backend: str) -> SystemResult:
+        self.scorer.score(candidates(indices, depth))
+        idx, scores = rerank(indices, self.scorer.scores, depth)
+        ranked = [self.ids[row[row >= 0]].tolist() for row in idx]
+        return SystemResult(system_name(first), compute_metrics(ranked, self.qids, self.qrels, k_values), idx, scores,
+                            backend)
+
+
+def choose_on_dev(grid: list[dict]) -> tuple[dict[str, int], str]:
+    """Per first stage, the depth with the best dev value (the smallest on a tie: cheaper); and the first stage whose
+    reranked system is best on dev (the first listed on a tie)."""
+    depth: dict[str, int] = {}
+    best: dict[str, float] = {}
+    for g in sorted(grid, key=lambda g: g["depth"]):
+        if g["first_stage"] not in best or g["value"] > best[g["first_stage"]]:
+            depth[g["first_stage"]], best[g["first_stage"]] = g["depth"], g["value"]
+    return depth, max(best, key=lambda f: best[f])  # max keeps the first of equal values
+
+
+def _run(ctx: RunContext, out: Path, extras: dict) -> None:
+    _check(ctx)
+    r, e = ctx.cfg.rerank, ctx.cfg.eval
+    if e.split == DEV_SPLIT or DEV_SPLIT not in ctx.data.qrels:
+        where = "which is the evaluated split here" if e.split == DEV_SPLIT else "and the data has none"
+        why = (f"the depth and first stage are chosen on the dev split, {where}: evaluate another split with a dev "
+               "split beside it, or drop `rerank` from `stages`")
+        log.warning("rerank not run: %s", why)
+        atomic_write_json(out / "choice.json", {"skipped": why})
+        return
+    model, reranker = _reranker(ctx, out)
+    before = ctx.embedder.stats.corpus_encodes
+    windows = ctx.windows()
+    window_texts = windows.texts(ctx.documents)
+    window_emb = ctx.embedder.encode_documents(window_texts)  # the base model's, cached by the baseline stage
+    windows_of = windows_by_doc(windows.parents)
+    dev, test = (_Split(ctx, s, model, window_emb, windows_of, window_texts) for s in (DEV_SPLIT, e.split))
+    backend = f"cross-encoder({reranker['path']})"
+    firsts, missing = {}, {}
+    for first in r.first_stages:
+        rankings = {s.split: s.ranking(first) for s in (dev, test)}
+        if any(v is None for v in rankings.values()):
+            missing[first] = "no ranking of it on both the dev and the evaluated split (not scored by this run)"
+        else:
+            firsts[first] = rankings
+    if not firsts:
+        raise ConfigError(f"rerank.first_stages={list(r.first_stages)}: none was scored by this run ({missing})")
+    primary, dev_ref = e.primary_metric, dev.reference()
+    grid = []
+    for first, rankings in firsts.items():
+        for depth in sorted(set(r.depths)):  # deeper than the stored ranking (eval.k_values, eval.hybrid.depth): all
+            value = dev.result(first, rankings[DEV_SPLIT], depth, e.k_values, backend).metrics.mean()[primary]
+            grid.append({"first_stage": first, "depth": depth, "value": value,
+                         "first_stage_value": dev_ref[first].mean()[primary]})
+    depth, best = choose_on_dev(grid)
+    log.info("rerank: depths chosen on dev %s; best on dev %s", depth, system_name(best))
+    for s in (dev, test):
+        results = [s.result(f, firsts[f][s.split], depth[f], e.k_values, backend) for f in firsts]
+        reference = dev_ref if s is dev else s.reference()
+        names = [x.name for x in results]
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+        pairs += [(a, b) for a in names for b in reference]
+        folder = split_dir(out, s.split, ctx)
+        folder.mkdir(exist_ok=True)
+        write_results(folder, results, ctx, pairs, split=s.split, reference=reference)
+    pairs_scored = len(dev.scorer.scores) + len(test.scorer.scores)
+    seconds = dev.scorer.seconds + test.scorer.seconds
+    rows = list(range(min(r.latency_queries, len(dev.qids))))
+    head = candidates(firsts[best][DEV_SPLIT], depth[best], rows)
+    docs = [[dev.scorer.text(q, d) for q2, d in head if q2 == q] for q in rows]
+    latency = {"pairs_scored": pairs_scored, "seconds": seconds,
+               "pairs_per_second": pairs_scored / seconds if seconds else None,
+               "ms_per_query": latency_ms(model, [dev.scorer.queries[q] for q in rows], docs, r.batch_size),
+               "latency_queries": len(rows), "depth": depth[best], "first_stage": best,
+               "machine": _machine(model)}
+    atomic_write_json(out / "choice.json", {"metric": primary, "split": DEV_SPLIT, "grid": grid, "depths": depth,
+                                            "best": system_name(best), "not_reranked": missing,
+                                            "reranker": reranker, "latency": latency})
+    extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
+
+
+def _machine(model) -> str:
+    import torch
+
+    device = str(model.device)
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(model.device)} ({device})"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+register(Stage("rerank", requires=("evaluate", "triplets"), inputs=_inputs, run=_run))
