@@ -18,9 +18,9 @@ import torch
 from sentence_transformers import CrossEncoder
 
 from domain_embed.context import RunContext
-from domain_embed.errors import ConfigError
 from domain_embed.pipeline import run_pipeline
 from domain_embed.retrieval.rerank import rerank
+from domain_embed.rundir import read_json
 from domain_embed.stages import rerank as rerank_stage
 
 FIRSTS = ("bm25", "tuned", "hybrid_tuned")
@@ -166,12 +166,16 @@ def test_a_given_reranker_that_cannot_load_is_one_clear_error(upstream, tmp_path
     assert not (run / "rerank").exists()
 
 
-def test_training_the_reranker_under_a_launcher_is_refused_clearly(upstream, monkeypatch, tmp_path):
+def test_training_the_reranker_under_a_launcher_is_skipped_with_the_reason(upstream, monkeypatch, tmp_path):
+    """The launcher's run keeps every other stage's results: the reranker is not trained, and the report says why."""
     run = _copy(upstream, tmp_path)
     monkeypatch.setattr(rerank_stage.distributed, "world_size", lambda: 2)
     monkeypatch.setattr(rerank_stage.distributed, "is_main", lambda: True)
-    with pytest.raises(ConfigError, match=r"without the launcher"):
-        rerank_stage._run(RunContext(_compose(run, *upstream[1]), run), tmp_path / "out", {})
+    monkeypatch.setattr(rerank_stage, "_trained", lambda *a: pytest.fail("trained under a launcher"))
+    out = tmp_path / "out"
+    out.mkdir()
+    rerank_stage._run(RunContext(_compose(run, *upstream[1]), run), out, {})
+    assert "without the launcher" in read_json(out / "choice.json")["skipped"]
 
 
 class _Scripted:

@@ -59,14 +59,24 @@ def _inputs(ctx: RunContext) -> dict:
 
 def _check(ctx: RunContext) -> None:
     r = ctx.cfg.rerank
-    if r.model is None and distributed.world_size() > 1:
-        raise ConfigError("training the reranker under a launcher (several ranks) is not supported yet: run "
-                          "`stages=[rerank]` again without the launcher (the finished stages are reused), or give a "
-                          "trained cross-encoder as rerank.model")
     if not r.depths or min(r.depths) < 1:
         raise ConfigError(f"rerank.depths={list(r.depths)}: expected one or more depths >= 1")
     if not r.first_stages:
         raise ConfigError("rerank.first_stages is empty: name the systems to rerank (e.g. [bm25,tuned,hybrid_tuned])")
+
+
+def _not_run(ctx: RunContext) -> str | None:
+    """Why this run cannot rerank (the report says it under `not_run`, and every other stage's results stand)."""
+    e = ctx.cfg.eval
+    if e.split == DEV_SPLIT or DEV_SPLIT not in ctx.data.qrels:
+        where = "which is the evaluated split here" if e.split == DEV_SPLIT else "and the data has none"
+        return (f"the depth and first stage are chosen on the dev split, {where}: evaluate another split with a dev "
+                "split beside it, or drop `rerank` from `stages`")
+    if ctx.cfg.rerank.model is None and distributed.world_size() > 1:
+        return ("training the reranker under a launcher (several ranks) is not supported yet: run `stages=[rerank]` "
+                "again without the launcher (the finished stages are reused), or give a trained cross-encoder as "
+                "rerank.model")
+    return None
 
 
 def _device(ctx: RunContext) -> str | None:
@@ -166,10 +176,7 @@ def choose_on_dev(grid: list[dict]) -> tuple[dict[str, int], str]:
 def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     _check(ctx)
     r, e = ctx.cfg.rerank, ctx.cfg.eval
-    if e.split == DEV_SPLIT or DEV_SPLIT not in ctx.data.qrels:
-        where = "which is the evaluated split here" if e.split == DEV_SPLIT else "and the data has none"
-        why = (f"the depth and first stage are chosen on the dev split, {where}: evaluate another split with a dev "
-               "split beside it, or drop `rerank` from `stages`")
+    if why := _not_run(ctx):
         log.warning("rerank not run: %s", why)
         atomic_write_json(out / "choice.json", {"skipped": why})
         return
