@@ -12,6 +12,9 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from domain_embed import distributed
 
 Pair = tuple[int, int]  # (query row, document position)
 
@@ -29,11 +32,17 @@ class PairScorer:
         todo = [p for p in dict.fromkeys(pairs) if p not in self.scores]
         if not todo:
             return
-        t0 = time.perf_counter()
-        values = self.model.predict([(self.queries[q], self.text(q, d)) for q, d in todo], batch_size=self.batch_size,
-                                    activation_fn=torch.nn.Identity(), convert_to_numpy=True, show_progress_bar=True)
-        self.seconds += time.perf_counter() - t0
-        self.scores.update(zip(todo, np.asarray(values, dtype=np.float64).ravel().tolist(), strict=True))
+        block = self.batch_size * 16  # the run's own bar moves per block: the library's would nest in the console
+        with tqdm(total=len(todo), desc="rerank pairs", unit="pair", disable=not distributed.is_main()) as bar:
+            for start in range(0, len(todo), block):
+                part = todo[start:start + block]
+                t0 = time.perf_counter()
+                values = self.model.predict([(self.queries[q], self.text(q, d)) for q, d in part],
+                                            batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
+                                            convert_to_numpy=True, show_progress_bar=False)
+                self.seconds += time.perf_counter() - t0
+                self.scores.update(zip(part, np.asarray(values, dtype=np.float64).ravel().tolist(), strict=True))
+                bar.update(len(part))
 
     @property
     def pairs_per_second(self) -> float | None:

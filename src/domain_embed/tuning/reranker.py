@@ -8,6 +8,7 @@ negatives during training.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from transformers import set_seed
 
 from domain_embed.config import RerankConfig
 from domain_embed.errors import ConfigError, DataError
+from domain_embed.tuning.progress import use_logged_progress
 from domain_embed.tuning.trainer import CHECKPOINTS, _precision_flags, _resume_point
 
 DEV_NAME = "dev"
@@ -81,9 +83,19 @@ def dev_samples(ds: Dataset, max_queries: int | None, seed: int) -> list[dict]:
 def new_reranker(base: str, max_length: int, *, seed: int, device: str | None = None,
                  trust_remote_code: bool = False) -> CrossEncoder:
     """The base model's transformer under a fresh one-logit head, initialised from `seed` (not from whatever the
-    process drew before)."""
+    process drew before). The libraries' warnings that the head is new (transformers' load report) and that a
+    SentenceTransformer folder becomes a CrossEncoder are held back: both are the point here."""
     set_seed(seed)
-    return CrossEncoder(base, num_labels=1, max_length=max_length, device=device, trust_remote_code=trust_remote_code)
+    loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils", "sentence_transformers.base.model")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        return CrossEncoder(base, num_labels=1, max_length=max_length, device=device,
+                            trust_remote_code=trust_remote_code)
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 @dataclass
@@ -132,6 +144,7 @@ def train_reranker(model: CrossEncoder, rows: Dataset, dev: list[dict], cfg: Rer
     evaluator = CrossEncoderRerankingEvaluator(dev, at_k=10, name=DEV_NAME, batch_size=cfg.batch_size) if dev else None
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=rows.select_columns(list(COLUMNS)),
                                   loss=loss, evaluator=evaluator, callbacks=list(callbacks))
+    use_logged_progress(trainer)
     metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
     state = trainer.state
     return RerankerTrainResult(best_checkpoint=state.best_model_checkpoint, best_dev_ndcg10=state.best_metric,
