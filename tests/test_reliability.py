@@ -1,6 +1,7 @@
 """Reliability: kill -9 mid-stage, bad input and config through the CLI, unsafe loading, leaked secrets, and
-outputs that cannot be written. The CLI runs in subprocesses; a `sitecustomize` hook (HOOK, switched on by
-DE_TEST_HOOK) holds a run at a chosen point so that the SIGKILL lands there, not at a lucky moment."""
+outputs that cannot be written. The CLI runs in subprocesses (killhooks.py); a `sitecustomize` hook
+(tests/pause_hook, switched on by DE_TEST_HOOK) holds a run at a named point so that the SIGKILL lands there, not at
+a lucky moment."""
 
 import ctypes
 import errno
@@ -10,13 +11,12 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from killhooks import cli, finish, kill_when
 
 from domain_embed.config import ModelConfig
 from domain_embed.context import RunContext
@@ -27,79 +27,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 SECRETS = {"WANDB_API_KEY": "wandb-sentinel-3f9c1e0d", "HF_TOKEN": "hf_sentinel8d2b7a41"}
 TRAINING = ["training.batch_size=4", "training.epochs=2", "training.num_negatives=1", "training.eval_steps=2",
             "training.save_steps=2", "training.logging_steps=1", "training.learning_rate=1e-3"]
-
-HOOK = textwrap.dedent("""
-    import os, time
-
-    if os.environ.get("DE_TEST_HOOK") == "pause_after_checkpoint":
-        from transformers import TrainerCallback
-
-        import domain_embed.stages.finetune as finetune
-
-        class _Pause(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):  # the checkpoint is complete on disk
-                time.sleep(600)
-
-        _train = finetune.train_model
-        finetune.train_model = lambda *a, **k: _train(*a, **{**k, "callbacks": [_Pause()]})
-
-    if os.environ.get("DE_TEST_HOOK") == "pause_in_mine":
-        import dataclasses
-
-        from domain_embed.stages import REGISTRY
-
-        _mine = REGISTRY["mine"]
-
-        def _run(ctx, out, extras):
-            _mine.run(ctx, out, extras)  # every file written, the manifest not yet
-            time.sleep(600)
-
-        REGISTRY["mine"] = dataclasses.replace(_mine, run=_run)
-""")
-
-
-@pytest.fixture(scope="module")
-def hook_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("hook")
-    (folder / "sitecustomize.py").write_text(HOOK)
-    return folder
-
-
-def _cli(run: Path, *args: str, hook: str | None = None, hook_dir: Path | None = None, env: dict | None = None,
-         **popen) -> subprocess.Popen:
-    """`python -m train`, its output (stdout and stderr) in `<run>.out` next to the run directory: a pipe
-    nobody reads while the test waits would fill up and stall the run. One thread: runs share the cores."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    if hook:
-        full_env.update(DE_TEST_HOOK=hook, PYTHONPATH=os.pathsep.join(
-            p for p in (str(hook_dir), full_env.get("PYTHONPATH")) if p))
-    log = run.parent / f"{run.name}.out"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "train", f"hydra.run.dir={run}", *args], cwd=run.parent,
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT, **popen)
-    proc.log = log
-    return proc
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
-    proc.wait(timeout=timeout)
-    return proc.returncode, proc.log.read_text()
-
-
-def _kill_when(proc: subprocess.Popen, pattern: str, folder: Path, timeout: float = 180) -> Path:
-    """SIGKILLs `proc` once a file matching `pattern` exists under `folder`; returns that file."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := next(folder.glob(pattern), None):
-            proc.send_signal(signal.SIGKILL)
-            _finish(proc)
-            return found
-        assert proc.poll() is None, f"exited with {proc.returncode} before {pattern}: {_finish(proc)[1][-3000:]}"
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError(f"no {pattern} under {folder} after {timeout}s")
-
 
 def _data_args(beir: Path, model: Path, cache: Path) -> list[str]:
     return ["+domain=beir", f"data.path={beir}", f"model.path={model}", f"cache_dir={cache}"]
@@ -113,7 +40,7 @@ class _Reference:
 
     def result(self) -> tuple[int, str, dict]:
         if self._result is None:
-            code, out = _finish(self.proc)
+            code, out = finish(self.proc)
             assert code == 0, out[-3000:]
             self._result = code, out, json.loads((self.run / "report.json").read_text())
         return self._result
@@ -124,23 +51,23 @@ def reference(tiny_beir, tiny_model, tmp_path_factory) -> _Reference:
     """Whole pipeline through the CLI, with W&B and HF tokens in its environment (tracking=none)."""
     root = tmp_path_factory.mktemp("reference")
     run = root / "run"
-    proc = _cli(run, *_data_args(tiny_beir, tiny_model, root / "cache"), *TRAINING, env=SECRETS)
+    proc = cli(run, *_data_args(tiny_beir, tiny_model, root / "cache"), *TRAINING, env=SECRETS)
     return _Reference(proc, run)
 
 
 # ---------------------------------------------------------------- kill -9
 
 
-def test_kill_9_during_finetune_then_resume_matches_the_uninterrupted_run(reference, hook_dir, tiny_beir,
+def test_kill_9_during_finetune_then_resume_matches_the_uninterrupted_run(reference, tiny_beir,
                                                                           tiny_model, tmp_path):
     run = tmp_path / "run"
     args = [*_data_args(tiny_beir, tiny_model, tmp_path / "cache"), *TRAINING]
-    killed = _cli(run, *args, hook="pause_after_checkpoint", hook_dir=hook_dir)
-    state = _kill_when(killed, "checkpoints/*/checkpoints/checkpoint-*/trainer_state.json", run)
+    killed = cli(run, *args, hook="pause_after_checkpoint")
+    state = kill_when(killed, "checkpoints/*/checkpoints/checkpoint-*/trainer_state.json", run)
     assert killed.returncode == -signal.SIGKILL
     assert not (run / "finetune").exists() and not (run / "report.json").exists()
 
-    code, out = _finish(_cli(run, *args, "training.resume=true"))
+    code, out = finish(cli(run, *args, "training.resume=true"))
     assert code == 0, out[-3000:]
     resumed = json.loads((run / "report.json").read_text())
     _, _, uninterrupted = reference.result()
@@ -156,14 +83,14 @@ def test_kill_9_during_finetune_then_resume_matches_the_uninterrupted_run(refere
     assert resumed["metrics"]["tuned"] == pytest.approx(tuned, abs=1e-6)
 
 
-def test_kill_9_during_mine_leaves_nothing_taken_as_finished(make_config, hook_dir, tiny_beir, tiny_model, tmp_path):
+def test_kill_9_during_mine_leaves_nothing_taken_as_finished(make_config, tiny_beir, tiny_model, tmp_path):
     run = tmp_path / "run"
     args = [*_data_args(tiny_beir, tiny_model, tmp_path / "cache"), "stages=[mine]"]
     run_pipeline(RunContext(make_config(run, *args, "mining.num_negatives=3"), run))
     before = {name: (run / "mine" / name).read_bytes() for name in ("manifest.json", "mined.jsonl", "stats.json")}
 
-    killed = _cli(run, *args, "mining.num_negatives=2", hook="pause_in_mine", hook_dir=hook_dir)
-    _kill_when(killed, ".mine.tmp-*/stats.json", run)  # the new output, whole but unpublished
+    killed = cli(run, *args, "mining.num_negatives=2", hook="pause_in_mine")
+    kill_when(killed, ".mine.tmp-*/stats.json", run)  # the new output, whole but unpublished
     assert {name: (run / "mine" / name).read_bytes() for name in before} == before
 
     again = run_pipeline(RunContext(make_config(run, *args, "mining.num_negatives=2"), run))
@@ -243,10 +170,10 @@ def cli_errors(tiny_beir, tiny_model, tmp_path_factory) -> dict[str, tuple[int, 
         if pending and len(running) < 3:
             name = pending.pop(0)
             data, run, overrides, popen = jobs[name]
-            running[name] = _cli(run, *_data_args(data, tiny_model, root / "cache"), *overrides, **popen)
+            running[name] = cli(run, *_data_args(data, tiny_model, root / "cache"), *overrides, **popen)
         elif done := [name for name, proc in running.items() if proc.poll() is not None]:
             for name in done:
-                results[name] = (*_finish(running.pop(name)), *jobs[name][:2])
+                results[name] = (*finish(running.pop(name)), *jobs[name][:2])
         else:
             time.sleep(0.2)
     return results

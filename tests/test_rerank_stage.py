@@ -2,19 +2,15 @@
 chosen on dev, the best reranked system chosen on dev, and the report's systems, comparisons, plot and cards."""
 
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from killhooks import cli, finish, kill_when
 from sentence_transformers import CrossEncoder
 
 from domain_embed.context import RunContext
@@ -242,53 +238,20 @@ def test_depth_and_first_stage_are_chosen_on_dev_where_test_would_prefer_others(
     assert [ctx.data.corpus_ids[d] for d in deeper[:, 0]] == [f"d{q[1:]}" for q in qids]
 
 
-HOOK = textwrap.dedent("""
-    import os, time
-
-    if os.environ.get("DE_TEST_HOOK") == "pause_after_rerank_checkpoint":
-        from transformers import TrainerCallback
-
-        import domain_embed.stages.rerank as stage
-
-        class _Pause(TrainerCallback):
-            def on_save(self, args, state, control, **kwargs):  # the checkpoint is complete on disk
-                time.sleep(600)
-
-        _train = stage.train_reranker
-        stage.train_reranker = lambda *a, **k: _train(*a, **{**k, "callbacks": [_Pause()]})
-""")
-
-
-def _cli(run: Path, args: list[str], env: dict | None = None) -> subprocess.Popen:
-    """`python -m train` into `run`; its output in `<run>.out` (a pipe nobody reads could stall it)."""
-    full = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    with (run.parent / f"{run.name}.out").open("w") as out:
-        return subprocess.Popen([sys.executable, "-m", "train", f"hydra.run.dir={run}", *args], cwd=run.parent,
-                                env=full, stdout=out, stderr=subprocess.STDOUT)
-
-
 def test_kill_9_while_training_the_reranker_then_resume_matches_the_uninterrupted_run(upstream, tmp_path):
     args = [*upstream[1], *RERANK, "rerank.epochs=2", "rerank.eval_steps=2", "rerank.depths=[5]"]
     reference = _copy(upstream, tmp_path / "reference")
     (tmp_path / "killed").mkdir()
     run = _copy(upstream, tmp_path / "killed")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOOK)
-    env = {"DE_TEST_HOOK": "pause_after_rerank_checkpoint",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)}
-    killed = _cli(run, args, env)
-    deadline = time.monotonic() + 240
-    while not (state := next(run.glob("checkpoints/rerank-*/checkpoints/checkpoint-*/trainer_state.json"), None)):
-        assert killed.poll() is None and time.monotonic() < deadline, (run.parent / "run.out").read_text()[-3000:]
-        time.sleep(0.2)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=60)
+    killed = cli(run, *args, hook="pause_after_rerank_checkpoint")
+    state = kill_when(killed, "checkpoints/rerank-*/checkpoints/checkpoint-*/trainer_state.json", run, timeout=240)
+    assert killed.returncode == -signal.SIGKILL
     assert not (run / "rerank").exists()  # nothing taken as finished
 
-    resumed = _cli(run, [*args, "rerank.resume=true"])
+    resumed = cli(run, *args, "rerank.resume=true")
     uninterrupted = _run(reference, *args)
-    assert resumed.wait(timeout=300) == 0, (run.parent / "run.out").read_text()[-3000:]
+    code, out = finish(resumed, timeout=300)
+    assert code == 0, out[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert report["run"]["ran_now"] == ["rerank"]
     log = json.loads((run / "rerank" / "train_log.json").read_text())
