@@ -119,3 +119,11 @@ def encode_settings(device: str | None, half: bool, *, max_batch_tokens: int | s
     if not isinstance(chosen.compile, bool):
         raise ConfigError(f"eval.compile must be auto, true or false, got {chosen.compile!r}")
     return chosen
+
+
+def machine(device) -> str:
+    """The device a speed figure was measured on, as the report states it (a time means little without it)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"CPU, {torch.get_num_threads()} torch threads of {os.cpu_count()} cores"

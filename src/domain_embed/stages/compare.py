@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import domain_embed
+from domain_embed import devices
 from domain_embed.config import ModelConfig, Truncation
 from domain_embed.context import RunContext
 from domain_embed.data.chunking import Windows, length_stats, make_windows, token_lengths
@@ -143,15 +143,6 @@ def fit_overlap(tokenizer, max_tokens: int, overlap: int) -> int:
     return overlap if overlap < budget else max(0, budget // 2)
 
 
-def _machine(emb: Embedder) -> str:
-    import torch
-
-    device = emb.model.device
-    what = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"CPU, {torch.get_num_threads()} torch threads of {os.cpu_count()} cores")
-    return f"this machine ({what})"
-
-
 def measure_throughput(emb: Embedder, documents: list[str], windows: Windows, sample: int, seed: int) -> dict:
     """Documents per second of an uncached encode of a random document sample (all of its windows): what
     re-indexing costs. It calls the model directly: through the cache, a hit would time the disk."""
@@ -166,7 +157,7 @@ def measure_throughput(emb: Embedder, documents: list[str], windows: Windows, sa
     emb.model.encode(texts, **kwargs)
     seconds = time.perf_counter() - t0
     return {"docs_per_s": round(len(docs) / seconds, 2), "documents": len(docs), "windows": len(texts),
-            "seconds": round(seconds, 3), "measured_on": _machine(emb)}
+            "seconds": round(seconds, 3), "measured_on": f"this machine ({devices.machine(emb.model.device)})"}
 
 
 def _shown(result: SystemResult) -> dict:

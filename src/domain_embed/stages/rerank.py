@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 import shutil
 from pathlib import Path
 
 import numpy as np
 from datasets import DatasetDict
 
-from domain_embed import distributed
+from domain_embed import devices, distributed
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError, ModelLoadError
 from domain_embed.retrieval.evaluate import DEV_SPLIT, SystemResult
@@ -224,20 +223,11 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
                "pairs_per_second": pairs_scored / seconds if seconds else None,
                "ms_per_query": latency_ms(model, [dev.scorer.queries[q] for q in rows], docs, r.batch_size),
                "latency_queries": len(rows), "depth": depth[best], "first_stage": best,
-               "machine": _machine(model)}
+               "machine": devices.machine(model.device)}
     atomic_write_json(out / "choice.json", {"metric": primary, "split": DEV_SPLIT, "grid": grid, "depths": depth,
                                             "best": system_name(best), "not_reranked": missing,
                                             "reranker": reranker, "latency": latency})
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
-
-
-def _machine(model) -> str:
-    import torch
-
-    device = str(model.device)
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(model.device)} ({device})"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
 
 
 register(Stage("rerank", requires=("evaluate", "triplets"), inputs=_inputs, run=_run))
