@@ -36,3 +36,13 @@ def test_the_smoke_budget_logs_the_loss_often_enough_for_a_curve():
     training = _compose("+domain=legal", "budget=smoke").training
     assert training.eval_steps % training.logging_steps == 0  # every dev evaluation has a loss point beside it
     assert training.eval_steps // training.logging_steps >= 4  # a smoke run (~18 steps) draws 8 or more points
+
+
+def test_the_cpu_budget_keeps_every_query_and_passage_and_a_reranker_it_can_afford():
+    cfg = _compose("+domain=legal", "budget=cpu")
+    assert cfg.budget.name == "cpu"
+    assert cfg.budget.max_queries is None and cfg.budget.max_corpus is None  # the full data, unlike smoke
+    assert "rerank" in cfg.stages and cfg.rerank.first_stages == ["hybrid_tuned"]
+    assert max(cfg.rerank.depths) <= 20 and cfg.rerank.max_train_queries is not None
+    mined = cfg.mining.num_negatives
+    assert cfg.training.num_negatives <= mined and cfg.rerank.num_negatives <= mined

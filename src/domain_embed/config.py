@@ -280,7 +280,8 @@ class TrackingConfig:
 
 @dataclass
 class BudgetConfig:
-    """How much of the problem a run takes on: `smoke` for a CPU check, `full` for real."""
+    """How much of the problem a run takes on: `smoke` for a CPU check, `full` for real, `cpu` for the full data on a
+    small CPU (conf/budget/cpu.yaml: a cheaper recipe and reranker, the same data)."""
 
     name: str = "full"
     max_queries: int | None = None  # per split
