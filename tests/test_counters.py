@@ -9,7 +9,7 @@ from domain_embed.cli import _summary_lines
 from domain_embed.context import RunContext
 from domain_embed.pipeline import run_pipeline
 
-STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "rerank"]
+STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "reranker", "rerank"]
 
 
 @pytest.fixture(autouse=True)
@@ -32,9 +32,9 @@ def _run(make_config, run, cache, *overrides) -> dict:
 
 
 def _stage_encodes(run) -> dict[str, int]:
-    """What each stage's manifest says it encoded (audit encodes nothing and records no cost)."""
-    return {s: json.loads((run / s / "manifest.json").read_text())["cost"]["corpus_encodes"] for s in STAGES[1:]
-            if (run / s / "manifest.json").exists()}
+    """What each stage's manifest says it encoded (audit and reranker encode nothing and record no cost)."""
+    return {s: json.loads((run / s / "manifest.json").read_text())["cost"]["corpus_encodes"] for s in STAGES
+            if s not in ("audit", "reranker") and (run / s / "manifest.json").exists()}
 
 
 def test_cold_cache_warm_cache_and_a_rerun_that_skips_everything(make_config, overrides, tmp_path):
@@ -66,7 +66,7 @@ def test_stages_that_miss_the_cache_count_what_they_encode(make_config, override
     assert triplets["cost"]["corpus_encodes_this_run"] == 1 and triplets["cost"]["corpus_encodes"] == 2
 
     evaluated = _run(make_config, run, tmp_path / "cache3", *overrides)
-    assert evaluated["run"]["ran_now"] == ["finetune", "evaluate", "rerank"]
+    assert evaluated["run"]["ran_now"] == ["finetune", "evaluate", "reranker", "rerank"]
     assert _stage_encodes(run)["evaluate"] == 2  # the base model's corpus vectors were gone too, not only the tuned
     # finetune: the round-1 model for round 2's mining; evaluate: the base and the final model
     assert evaluated["cost"]["corpus_encodes_this_run"] == 3 and evaluated["cost"]["corpus_encodes"] == 5

@@ -1,9 +1,12 @@
 """Two ranks on this CPU (gloo): rank-0-only writes, in-batch negatives gathered from every rank, and the
-whole pipeline under `accelerate launch`; plus the shipped launcher configs, and (with torch.cuda and the
-process group faked) what a GPU launch would join, on which GPU."""
+whole pipeline under `accelerate launch` (the reranker trained and scored by both ranks, as one process scores it);
+plus the shipped launcher configs, and (with torch.cuda and the process group faked) what a GPU launch would join,
+on which GPU."""
 
 import json
+import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +14,7 @@ import textwrap
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -19,7 +23,7 @@ from domain_embed import distributed
 from domain_embed.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate"]
+STAGES = ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "reranker", "rerank"]
 
 RANKS_SCRIPT = textwrap.dedent("""
     import json, sys
@@ -194,6 +198,19 @@ def test_a_local_rank_beyond_the_visible_gpus_is_refused_with_what_was_seen(monk
     assert not joined
 
 
+def _rerank_outputs(run: Path) -> dict:
+    """What the rerank stage decided and scored: dev choices, metrics and every ranking, dev's included."""
+    out = {"choice": {k: v for k, v in json.loads((run / "rerank" / "choice.json").read_text()).items()
+                      if k not in ("latency", "reranker")}}
+    for folder in (run / "rerank", run / "rerank" / "dev"):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        out[folder.name] = {k: v for k, v in metrics.items() if k != "backends"}  # the reranker's path, in its run
+        for npz in folder.glob("ranking_*.npz"):
+            with np.load(npz) as ranking:
+                out[f"{folder.name}/{npz.name}"] = {k: ranking[k].tolist() for k in ("indices", "scores")}
+    return out
+
+
 def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_model, tmp_path):
     run = tmp_path / "run"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -201,17 +218,20 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port())]
     train = ["-m", "train", "+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
-             f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}", "training.batch_size=2", "training.epochs=2",
+             f"cache_dir={tmp_path / 'cache'}", "training.batch_size=2", "training.epochs=2",
              "training.num_negatives=1",  # the tiny data has only 2 rows with 3 mined negatives: less than 2 x 2
              "training.eval_steps=1", "training.save_steps=1", "training.logging_steps=1",
              "training.warmup=0",  # no step at learning rate 0: each round's best checkpoint is a new model
-             f"stages=[{','.join(STAGES)}]"]  # not rerank: its trainer does not run under a launcher yet
-    proc = subprocess.run(launch + train, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=150)
+             "rerank.train_batch_size=4", "rerank.eval_steps=4", "rerank.max_length=64", "rerank.depths=[5,10]",
+             "rerank.latency_queries=2", "rerank.batch_size=4"]  # blocks of 64 pairs: several for each rank
+    proc = subprocess.run([*launch, *train, f"hydra.run.dir={run}"], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=240)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     report = json.loads((run / "report.json").read_text())
     assert report["run"]["ran_now"] == STAGES
-    assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned"}
+    assert set(report["metrics"]) == {"baseline", "bm25", "tuned", "hybrid_base", "hybrid_tuned", "rerank(bm25)",
+                                      "rerank(tuned)", "rerank(hybrid_tuned)"}
     assert "ndcg@10" in report["gap_closed"]
     # the base, the round-1 and the final model, once each, not once per rank
     assert report["cost"]["corpus_encodes"] == 3
@@ -220,10 +240,22 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
     training = report["training"]
     assert [r["global_step"] for r in training["rounds"]] == [2 * (r["train_rows"] // (2 * 2)) for r in
                                                              training["rounds"]] and training["global_step"] > 0
+    # the reranker too: each rank takes every other batch of the one process's
+    reranker = report["rerank"]["reranker"]
+    assert reranker["global_step"] == math.ceil(math.ceil(reranker["rows"]["rows"] / 4) / 2) > 0
+    assert report["rerank"]["latency"]["ranks"] == 2 and report["rerank"]["latency"]["ms_per_query"] > 0
     # rank 0 alone ran the audit; both ranks ran (rank 0 published) the corpus stages and trained
     assert {s: out.count(f"stage {s}: running") for s in STAGES} == {**dict.fromkeys(STAGES, 2), "audit": 1}
     assert not [p for p in run.rglob(".*") if ".tmp-" in p.name]
     assert out.count(f"report: {run / 'report.md'}") == 1  # the summary is said once, by rank 0
+    # one process rescoring with the reranker the two ranks trained: the same choices, metrics and rankings, to the bit
+    alone = tmp_path / "alone"
+    shutil.copytree(run, alone, symlinks=True)
+    proc = subprocess.run([sys.executable, *train, f"hydra.run.dir={alone}", "stages=[rerank]", "force=true"],
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert json.loads((alone / "report.json").read_text())["run"]["ran_now"] == ["rerank"]
+    assert _rerank_outputs(alone) == _rerank_outputs(run)
 
 
 @pytest.mark.parametrize(("name", "kind", "machines"), [("single_gpu", "NO", 1), ("multi_gpu", "MULTI_GPU", 1),

@@ -21,7 +21,8 @@ def test_full_pipeline_writes_model_report_and_plots(make_config, overrides, tmp
     run = tmp_path / "run"
     cfg = make_config(run, *overrides, "training.matryoshka_dims=[16]", f"eval.ood.path={tiny_beir}")
     report = run_pipeline(RunContext(cfg, run))
-    assert report["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "rerank"]
+    assert report["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "reranker",
+                                        "rerank"]
     # base once, the round-1 model once (round 2's mining), the final model once unless round 2 did not beat round 1
     # on dev (its vectors are then round 2's mining's); the OOD corpus is not ours
     assert report["cost"]["corpus_encodes"] == (2 if report["training"]["kept_round"] == 1 else 3)

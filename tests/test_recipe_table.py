@@ -23,4 +23,5 @@ def test_table_on_dev_then_its_winner_once_on_test_reusing_its_model(tiny_beir, 
     winner, other = (json.loads((out / "sweep" / j["job"] / "report.json").read_text()) for j in jobs)
     assert f"chosen on dev: job {jobs[0]['job']}" in proc.stdout
     assert winner["eval"]["split"] == "test" and other["eval"]["split"] == "dev"  # only the winner saw test
-    assert winner["run"]["ran_now"] == ["baseline", "evaluate", "rerank"]  # its fine-tuned model reused, not retrained
+    # its fine-tuned model reused, not retrained; the reranker trained now (a dev-evaluated job reranks nothing)
+    assert winner["run"]["ran_now"] == ["baseline", "evaluate", "reranker", "rerank"]

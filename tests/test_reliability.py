@@ -71,7 +71,7 @@ def test_kill_9_during_finetune_then_resume_matches_the_uninterrupted_run(refere
     assert code == 0, out[-3000:]
     resumed = json.loads((run / "report.json").read_text())
     _, _, uninterrupted = reference.result()
-    assert resumed["run"]["ran_now"] == ["finetune", "evaluate", "rerank"]  # the finished stages were not redone
+    assert resumed["run"]["ran_now"] == ["finetune", "evaluate", "reranker", "rerank"]  # finished ones not redone
     assert resumed["training"]["resumed_from"] == str(state.parent)
     # killed in round 1 of 2 (mining.rounds=2): round 1 resumed, round 2 mined with its model and ran whole
     assert [r["resumed_from"] for r in resumed["training"]["rounds"]] == [str(state.parent), None]

@@ -1,5 +1,6 @@
-"""Stage `rerank` on the tiny set: a reranker trained in the run or given, every first stage reranked at the depth
-chosen on dev, the best reranked system chosen on dev, and the report's systems, comparisons, plot and cards."""
+"""Stages `reranker` and `rerank` on the tiny set: a reranker trained in the run or given, every first stage reranked
+at the depth chosen on dev, the best reranked system chosen on dev, and the report's systems, comparisons, plot and
+cards."""
 
 import json
 import re
@@ -68,13 +69,13 @@ def _labelled(beir: Path) -> dict[str, set[str]]:
 def test_trained_reranker_reranks_every_first_stage_at_its_dev_depth(upstream, tiny_beir, tmp_path):
     run = _copy(upstream, tmp_path)
     report = _run(run, *upstream[1], *RERANK)
-    assert report["run"]["ran_now"] == ["rerank"]  # the default stages end with it; nothing upstream was redone
-    out = run / "rerank"
+    assert report["run"]["ran_now"] == ["reranker", "rerank"]  # the default stages end with them; nothing upstream
+    out, trained = run / "rerank", run / "reranker"
     # trained on train queries only, never with a labelled positive (any split) as a negative
-    rows = json.loads((out / "train_log.json").read_text())["rows"]
+    rows = json.loads((trained / "train_log.json").read_text())["rows"]
     from datasets import Dataset
 
-    dataset = Dataset.load_from_disk(str(out / "dataset"))
+    dataset = Dataset.load_from_disk(str(trained / "dataset"))
     labelled = _labelled(tiny_beir)
     assert rows["rows"] == len(dataset) > 0 and rows["negatives"] > 0
     assert not [(q, d) for q, d, y in zip(dataset["query_id"], dataset["doc_id"], dataset["label"], strict=True)
@@ -110,11 +111,14 @@ def test_trained_reranker_reranks_every_first_stage_at_its_dev_depth(upstream, t
     md = (run / "report.md").read_text()
     assert "## Reranking (cross-encoder)" in md and "| rerank(hybrid_tuned) |" in md and "pairs/s" in md
     assert (run / "plots" / "recall_at_k.png").exists()
-    card = (out / "model" / "README.md").read_text()
+    card = (trained / "model" / "README.md").read_text()
     assert "| rerank(bm25) |" in card and "| bm25 |" in card  # the test table replaced the dev one
-    assert CrossEncoder(str(out / "model"), device="cpu").num_labels == 1
-    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").glob("rerank-*"))
+    assert CrossEncoder(str(trained / "model"), device="cpu").num_labels == 1
+    assert choice["reranker"]["path"] == str(trained / "model") and not choice["reranker"]["shared"]
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").glob("reranker-*"))
     assert _run(run, *upstream[1], *RERANK)["run"]["ran_now"] == []  # up to date
+    # how the reranker is used is not what it is: other depths rescore with the same one
+    assert _run(run, *upstream[1], *RERANK, "rerank.depths=[5]")["run"]["ran_now"] == ["rerank"]
 
 
 def test_a_given_reranker_is_used_as_it_is_without_training(upstream, tiny_cross_encoder, tmp_path):
@@ -124,7 +128,8 @@ def test_a_given_reranker_is_used_as_it_is_without_training(upstream, tiny_cross
     out = run / "rerank"
     choice = json.loads((out / "choice.json").read_text())
     assert choice["reranker"] == {"source": "given", "path": str(tiny_cross_encoder)}
-    assert not any((out / f).exists() for f in ("model", "dataset", "train_log.json"))
+    assert not [p.name for p in (run / "reranker").iterdir() if p.name != "manifest.json"]  # nothing trained
+    assert read_json(run / "reranker" / "manifest.json")["inputs"] == {"model": str(tiny_cross_encoder)}
     assert set(report["metrics"]) >= {"rerank(bm25)"} and "rerank(tuned)" not in report["metrics"]
     assert "The given cross-encoder" in (run / "report.md").read_text()
     # its scores are the given model's logits for each (query, best window) pair
@@ -149,7 +154,7 @@ def test_nothing_is_trained_or_scored_where_dev_is_the_evaluated_split(upstream,
     report = _run(run, *upstream[1], "eval.split=dev")
     assert "rerank" in report["run"]["ran_now"] and "rerank" not in report
     assert "chosen on the dev split, which is the evaluated split here" in report["not_run"]["rerank"]
-    assert not [s for s in report["metrics"] if s.startswith("rerank(")] and not (run / "rerank" / "model").exists()
+    assert not [s for s in report["metrics"] if s.startswith("rerank(")] and not (run / "reranker" / "model").exists()
     assert "## Reranking (cross-encoder)\n\nNot run: the depth" in (run / "report.md").read_text()
 
 
@@ -160,18 +165,6 @@ def test_a_given_reranker_that_cannot_load_is_one_clear_error(upstream, tmp_path
     with pytest.raises(ModelLoadError, match=r"cannot load rerank\.model '.*no-such-model'"):
         _run(run, *upstream[1], f"rerank.model={tmp_path / 'no-such-model'}")
     assert not (run / "rerank").exists()
-
-
-def test_training_the_reranker_under_a_launcher_is_skipped_with_the_reason(upstream, monkeypatch, tmp_path):
-    """The launcher's run keeps every other stage's results: the reranker is not trained, and the report says why."""
-    run = _copy(upstream, tmp_path)
-    monkeypatch.setattr(rerank_stage.distributed, "world_size", lambda: 2)
-    monkeypatch.setattr(rerank_stage.distributed, "is_main", lambda: True)
-    monkeypatch.setattr(rerank_stage, "_trained", lambda *a: pytest.fail("trained under a launcher"))
-    out = tmp_path / "out"
-    out.mkdir()
-    rerank_stage._run(RunContext(_compose(run, *upstream[1]), run), out, {})
-    assert "without the launcher" in read_json(out / "choice.json")["skipped"]
 
 
 class _Scripted:
@@ -223,7 +216,7 @@ def test_depth_and_first_stage_are_chosen_on_dev_where_test_would_prefer_others(
             np.savez_compressed(folder / f"ranking_{first}.npz", indices=indices,
                                 scores=-np.arange(20.0)[None].repeat(len(indices), 0))
     scripted = _Scripted(table)
-    monkeypatch.setattr(rerank_stage, "_reranker", lambda ctx, out: (scripted, {"source": "given", "path": "table"}))
+    monkeypatch.setattr(rerank_stage, "load_reranker", lambda ctx: (scripted, {"source": "given", "path": "table"}))
     report = _run(run, *upstream[1], "rerank.first_stages=[bm25,tuned]", "rerank.depths=[5,20]")
     choice = json.loads((run / "rerank" / "choice.json").read_text())
     assert choice["depths"] == {"bm25": 20, "tuned": 5} and choice["best"] == "rerank(tuned)"
@@ -244,19 +237,19 @@ def test_kill_9_while_training_the_reranker_then_resume_matches_the_uninterrupte
     (tmp_path / "killed").mkdir()
     run = _copy(upstream, tmp_path / "killed")
     killed = cli(run, *args, hook="pause_after_rerank_checkpoint")
-    state = kill_when(killed, "checkpoints/rerank-*/checkpoints/checkpoint-*/trainer_state.json", run, timeout=240)
+    state = kill_when(killed, "checkpoints/reranker-*/checkpoints/checkpoint-*/trainer_state.json", run, timeout=240)
     assert killed.returncode == -signal.SIGKILL
-    assert not (run / "rerank").exists()  # nothing taken as finished
+    assert not (run / "reranker").exists() and not (run / "rerank").exists()  # nothing taken as finished
 
     resumed = cli(run, *args, "rerank.resume=true")
     uninterrupted = _run(reference, *args)
     code, out = finish(resumed, timeout=300)
     assert code == 0, out[-3000:]
     report = json.loads((run / "report.json").read_text())
-    assert report["run"]["ran_now"] == ["rerank"]
-    log = json.loads((run / "rerank" / "train_log.json").read_text())
+    assert report["run"]["ran_now"] == ["reranker", "rerank"]
+    log = json.loads((run / "reranker" / "train_log.json").read_text())
     assert log["resumed_from"] == str(state.parent) and log["global_step"] == 6
-    expected = json.loads((reference / "rerank" / "train_log.json").read_text())
+    expected = json.loads((reference / "reranker" / "train_log.json").read_text())
     assert log["best_dev_ndcg10"] == pytest.approx(expected["best_dev_ndcg10"], abs=1e-6)
     for first in FIRSTS:
         assert report["metrics"][f"rerank({first})"] == pytest.approx(uninterrupted["metrics"][f"rerank({first})"],
@@ -267,7 +260,7 @@ def test_rerank_is_a_default_stage_and_the_smoke_budget_keeps_it_small(tmp_path)
     from domain_embed.config import RootConfig
 
     cfg = _compose(tmp_path / "run", "+domain=legal", "budget=smoke")
-    assert cfg.stages == RootConfig().stages and cfg.stages[-2:] == ["evaluate", "rerank"]
+    assert cfg.stages == RootConfig().stages and cfg.stages[-3:] == ["evaluate", "reranker", "rerank"]
     r = cfg.rerank
     assert r.first_stages == ["hybrid_tuned"] and max(r.depths) == 5 and r.max_train_queries == 50
     assert cfg.budget.max_queries * max(r.depths) * 2 == 2000  # dev and test pairs the smoke reranker scores

@@ -1,4 +1,5 @@
-"""Hydra multirun: jobs share audit/baseline/mine/triplets, and a summary ranks them by dev nDCG@10."""
+"""Hydra multirun: jobs share audit/baseline/mine/triplets and the reranker, and a summary ranks them by dev
+nDCG@10."""
 
 import json
 import os
@@ -24,12 +25,19 @@ def test_two_job_sweep_reuses_shared_stages(tiny_beir, tiny_model, tmp_path):
     sweep = tmp_path / "sweep"
     first = json.loads((sweep / "0" / "report.json").read_text())
     second = json.loads((sweep / "1" / "report.json").read_text())
-    assert first["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "rerank"]
+    assert first["run"]["ran_now"] == ["audit", "baseline", "mine", "triplets", "finetune", "evaluate", "reranker",
+                                       "rerank"]
     assert second["run"]["ran_now"] == ["finetune", "evaluate", "rerank"]  # nothing upstream was recomputed
     log = (sweep / "1" / "train.log").read_text()
-    for stage in ("audit", "baseline", "mine", "triplets"):
+    for stage in ("audit", "baseline", "mine", "triplets", "reranker"):
         assert f"stage {stage}: reusing the sweep's shared output" in log
         assert (sweep / "1" / stage).is_symlink()
+    # the jobs differ in the bi-encoder's training only: one reranker, trained once, reranks both jobs' first stages
+    logs = [(sweep / job / "train.log").read_text() for job in ("0", "1")]
+    assert sum(job.count("stage reranker: running") for job in logs) == 1
+    assert (sweep / "0" / "reranker").resolve() == (sweep / "1" / "reranker").resolve()
+    assert first["rerank"]["reranker"]["shared"] and "trained once for this sweep's jobs" in (
+        sweep / "1" / "report.md").read_text()
     assert "encode corpus" not in log.replace("cache hit", "")  # corpus vectors came from the cache
     summary = json.loads((sweep / "sweep_summary.json").read_text())
     assert [j["job"] for j in summary["jobs"]] and len(summary["jobs"]) == 2

@@ -330,8 +330,9 @@ class CompareConfig:
 
 @dataclass
 class RerankConfig:
-    """Stage `rerank`: a cross-encoder re-scores each first stage's top documents. Which first stage and how deep are
-    chosen on the dev split by `eval.primary_metric`, never on the evaluated split."""
+    """Stages `reranker` (the cross-encoder, trained or given) and `rerank`: it re-scores each first stage's top
+    documents. Which first stage and how deep are chosen on the dev split by `eval.primary_metric`, never on the
+    evaluated split. `depths`, `first_stages` and `latency_queries` are how `rerank` uses it: they never retrain it."""
 
     model: str | None = None  # a cross-encoder (path or hub id) used as it is; None: train one in the run
     depths: list[int] = field(default_factory=lambda: [20, 50, 100])  # candidates re-scored per query, tried on dev
@@ -366,14 +367,14 @@ class RootConfig:
     compare: CompareConfig = field(default_factory=CompareConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
     stages: list[str] = field(default_factory=lambda: ["audit", "baseline", "mine", "triplets", "finetune",
-                                                       "evaluate", "rerank"])
+                                                       "evaluate", "reranker", "rerank"])
     force: bool = False
     seed: int = 42
     device: str = "auto"  # where models encode and train: auto | cpu | cuda
     cache_dir: str = "${oc.env:DOMAIN_EMBED_CACHE,${oc.env:HOME,.}/.cache/domain_embed}"
     verbose: bool = False
     run_dir: str = "${de.job_dir:}"
-    # where sweep jobs share audit/baseline/mine/triplets outputs; a multirun defaults it to <sweep dir>/shared
+    # where sweep jobs share audit/baseline/mine/triplets/reranker outputs; a multirun defaults it to <sweep dir>/shared
     shared_dir: str | None = None
 
 

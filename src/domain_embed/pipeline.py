@@ -23,11 +23,13 @@ from domain_embed.tracking import Tracker
 log = logging.getLogger(__name__)
 
 # stages whose output depends only on data, base model and their own config: in a sweep, jobs that
-# agree on those inputs share one content-addressed copy instead of recomputing it
-SHARED_STAGES = ("audit", "baseline", "mine", "triplets")
-# stages every rank of a launcher (torchrun, accelerate launch) runs together: fine-tuning (DDP) and the corpus
-# stages, whose encodes and searches the ranks split (retrieval.embed, retrieval.search); rank 0 alone runs the rest
-DISTRIBUTED_STAGES = ("baseline", "mine", "triplets", "finetune", "evaluate", "compare", "rerank")
+# agree on those inputs share one content-addressed copy instead of recomputing it (the reranker too: jobs that vary
+# the bi-encoder's training train the same cross-encoder)
+SHARED_STAGES = ("audit", "baseline", "mine", "triplets", "reranker")
+# stages every rank of a launcher (torchrun, accelerate launch) runs together: training (DDP: the bi-encoder and the
+# reranker) and the corpus stages, whose encodes, searches and reranked pairs the ranks split (retrieval.embed,
+# retrieval.search, retrieval.rerank); rank 0 alone runs the rest
+DISTRIBUTED_STAGES = ("baseline", "mine", "triplets", "finetune", "evaluate", "compare", "reranker", "rerank")
 
 
 def plan(selected: list[str]) -> list[str]:

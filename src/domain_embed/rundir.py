@@ -149,6 +149,10 @@ class RunDir:
         manifest = self.manifest(stage)
         return manifest is not None and manifest.get("key") == key
 
+    def is_linked(self, stage: str) -> bool:
+        """Whether <run_dir>/<stage> is a sweep's shared output (`link_stage`), which every job reads and none edits."""
+        return self.stage_dir(stage).is_symlink()
+
     def link_stage(self, stage: str, target: Path) -> None:
         """Points <run_dir>/<stage> at a shared, content-addressed output (atomic symlink swap)."""
         link = self.stage_dir(stage)

@@ -26,7 +26,7 @@ def pause_after_checkpoint() -> None:
 
 
 def pause_after_rerank_checkpoint() -> None:
-    import domain_embed.stages.rerank as stage
+    import domain_embed.stages.reranker as stage
 
     _hold_after_save(stage, "train_reranker")
 

@@ -16,7 +16,7 @@ from domain_embed.report.plots import plot_before_after, plot_formats, plot_mrl,
 from domain_embed.report.recommend import conclude
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
-_STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate", "rerank")
+_STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate", "reranker", "rerank")
 _GAP_METRICS = ("ndcg@10", "recall@10", "mrr@10", "recall@100", "map@10")
 # evaluate writes {} for a check it skipped: the report says why, and the key that turns it on
 _NOT_RUN = {"mrl": "`training.matryoshka_dims` is empty; set it (e.g. `training.matryoshka_dims=[256,128,64]`) to "
@@ -180,7 +180,8 @@ def write_report(ctx: RunContext, ran: list[str]) -> dict:
     model = ctx.run_dir.stage_dir("finetune") / "model"
     if "tuned" in report["metrics"] and model.exists():
         update_model_card(model, metrics_table(report))
-    reranker = ctx.run_dir.stage_dir("rerank") / "model"
-    if "rerank" in report and reranker.exists():
+    reranker = ctx.run_dir.stage_dir("reranker") / "model"
+    # a sweep's shared reranker keeps its training card: each job's table is in that job's report
+    if "rerank" in report and reranker.exists() and not ctx.run_dir.is_linked("reranker"):
         update_model_card(reranker, rerank_table(report))
     return report

@@ -208,7 +208,8 @@ def _rerank(r: dict) -> str:
     m, lat = r["reranker"], r["latency"]
     if m["source"] == "trained":
         rows = m["rows"]
-        made = (f"Cross-encoder trained in this run from `{m['base_model']}` (a fresh one-logit head) on "
+        where = "once for this sweep's jobs" if m.get("shared") else "in this run"
+        made = (f"Cross-encoder trained {where} from `{m['base_model']}` (a fresh one-logit head) on "
                 f"{rows['rows']} (query, document) pairs of {rows['queries']} train queries ({rows['positives']} "
                 f"positives, {rows['negatives']} mined negatives; {rows['dropped_labelled_positive']} labelled "
                 f"positives dropped as negatives), {m['global_step']} steps; best dev nDCG@10 among mined negatives "
@@ -221,10 +222,12 @@ def _rerank(r: dict) -> str:
     skipped = "".join(f" `{f}` not reranked: {why}." for f, why in r["not_reranked"].items())
     pps = _or_dash(lat["pairs_per_second"], ",.1f")
     ms = _or_dash(lat["ms_per_query"], ",.1f")
+    together = f" ({lat['ranks']} ranks together)" if lat.get("ranks", 1) > 1 else ""
     return (f"{made}\n\nEach first stage's top documents re-scored (long documents by their best window); the depth "
             f"of each, and the best reranked system (**`{r['best']}`**), chosen on the {r['split']} split by "
             f"{r['metric']}; the evaluated split was scored once, each first stage at its chosen depth.{skipped}\n\n"
-            f"{grid}\n\n**Cost:** {lat['pairs_scored']:,} pairs scored in {lat['seconds']:.1f} s, {pps} pairs/s; "
+            f"{grid}\n\n**Cost:** {lat['pairs_scored']:,} pairs scored in {lat['seconds']:.1f} s, "
+            f"{pps} pairs/s{together}; "
             f"{ms} ms per query at depth {lat['depth']} over `{lat['first_stage']}` (median of "
             f"{lat['latency_queries']} dev queries, one at a time), on {lat['machine']}.")
 

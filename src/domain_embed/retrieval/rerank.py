@@ -1,8 +1,8 @@
 """Second-stage reranking: a cross-encoder re-scores a first stage's top `depth` documents per query.
 
 Scores are raw logits (a sigmoid would tie confident pairs at 1.0). Each (query, document) pair is scored once, however
-many first stages and depths ask for it, and the time spent scoring is kept, so the report can give pairs per second
-as measured on the machine that ran it.
+many first stages and depths ask for it, by the ranks of a launch together, and the time spent scoring is kept, so the
+report can give pairs per second as measured on the machine that ran it.
 """
 
 from __future__ import annotations
@@ -21,28 +21,34 @@ Pair = tuple[int, int]  # (query row, document position)
 
 class PairScorer:
     """Cross-encoder scores of (query row, document) pairs, cached; `text(row, doc)` gives the document's text for
-    that query (for a long document, its best window)."""
+    that query (for a long document, its best window). When the ranks of a launch score together, each scores a
+    contiguous run of whole blocks, the very blocks one process would score (a pair's logit can depend on the other
+    pairs of its batch: padding, kernels picked by shape), and every rank ends with every score, to the bit."""
 
     def __init__(self, model, queries: list[str], text: Callable[[int, int], str], batch_size: int = 64):
         self.model, self.queries, self.text, self.batch_size = model, queries, text, batch_size
         self.scores: dict[Pair, float] = {}
-        self.seconds = 0.0
+        self.seconds = 0.0  # wall time spent scoring (with several ranks, all of them together)
 
     def score(self, pairs: Iterable[Pair]) -> None:
         todo = [p for p in dict.fromkeys(pairs) if p not in self.scores]
         if not todo:
             return
-        block = self.batch_size * 16  # the run's own bar moves per block: the library's would nest in the console
+        size = self.batch_size * 16  # the run's own bar moves per block: the library's would nest in the console
+        blocks = [todo[start:start + size] for start in range(0, len(todo), size)]
         with tqdm(total=len(todo), desc="rerank pairs", unit="pair", disable=not distributed.is_main()) as bar:
-            for start in range(0, len(todo), block):
-                part = todo[start:start + block]
-                t0 = time.perf_counter()
-                values = self.model.predict([(self.queries[q], self.text(q, d)) for q, d in part],
-                                            batch_size=self.batch_size, activation_fn=torch.nn.Identity(),
-                                            convert_to_numpy=True, show_progress_bar=False)
-                self.seconds += time.perf_counter() - t0
-                self.scores.update(zip(part, np.asarray(values, dtype=np.float64).ravel().tolist(), strict=True))
-                bar.update(len(part))
+            t0 = time.perf_counter()
+            parts = distributed.gather(lambda: [self._predict(blocks[b], bar) for b in distributed.share(len(blocks))])
+            self.seconds += time.perf_counter() - t0
+            bar.update(len(todo) - bar.n)  # the other ranks' blocks
+        for block, values in zip(blocks, (values for part in parts for values in part), strict=True):
+            self.scores.update(zip(block, values, strict=True))
+
+    def _predict(self, block: list[Pair], bar) -> list[float]:
+        values = self.model.predict([(self.queries[q], self.text(q, d)) for q, d in block], batch_size=self.batch_size,
+                                    activation_fn=torch.nn.Identity(), convert_to_numpy=True, show_progress_bar=False)
+        bar.update(len(block))
+        return np.asarray(values, dtype=np.float64).ravel().tolist()
 
     @property
     def pairs_per_second(self) -> float | None:

@@ -8,6 +8,7 @@ from domain_embed.stages import (  # noqa: F401  (registration)
     finetune,
     mine,
     rerank,
+    reranker,
     triplets,
 )
 from domain_embed.stages.base import REGISTRY, Stage

@@ -1,39 +1,33 @@
-"""Stage `rerank`: a cross-encoder re-scores the first stages' top documents (systems `rerank(<first stage>)`).
+"""Stage `rerank`: the cross-encoder of stage `reranker` re-scores the first stages' top documents (systems
+`rerank(<first stage>)`).
 
-The reranker is trained here from the base model's transformer on the triplets stage's rows (`rerank.model` unset),
-or is the user's cross-encoder, used as it is. Each first stage's depth is chosen on the dev split by
-`eval.primary_metric`, and so is the best reranked system; the evaluated split is scored once, each first stage at
-its chosen depth. Long documents are scored through their best window by the base model, as in training.
+Each first stage's depth is chosen on the dev split by `eval.primary_metric`, and so is the best reranked system; the
+evaluated split is scored once, each first stage at its chosen depth. Long documents are scored through their best
+window by the base model, as in training. Under a launcher the ranks split the (query, document) pairs to score, in
+the very blocks one process would score, so the results are a single process's; rank 0 alone measures the latency.
 
-Writes rerank/metrics.json, per_query.json, ranking_rerank-<first stage>.npz (the dev split's under rerank/dev/),
-rerank/choice.json (the dev grid, the choices, the latency measured here), and for a trained reranker rerank/model
-(a standard CrossEncoder directory with its card), rerank/dataset (its training rows) and rerank/train_log.json.
-Checkpoints live in <run_dir>/checkpoints/rerank-<key> so that `rerank.resume=true` continues a killed run."""
+Writes rerank/metrics.json, per_query.json, ranking_rerank-<first stage>.npz (the dev split's under rerank/dev/) and
+rerank/choice.json (the dev grid, the choices, the reranker's provenance, the latency measured here)."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
-from datasets import DatasetDict
 
 from domain_embed import devices, distributed
 from domain_embed.context import RunContext
-from domain_embed.errors import ConfigError, ModelLoadError
+from domain_embed.errors import ConfigError
 from domain_embed.retrieval.evaluate import DEV_SPLIT, SystemResult
 from domain_embed.retrieval.metrics import compute_metrics
 from domain_embed.retrieval.rerank import PairScorer, candidates, latency_ms, rerank
 from domain_embed.retrieval.search import windows_by_doc
-from domain_embed.rundir import atomic_write_json, read_json, stable_hash
+from domain_embed.rundir import atomic_write_json, read_json
 from domain_embed.stages.base import Stage, register
 from domain_embed.stages.baseline import ranking_file, read_per_query, split_dir, write_results
-from domain_embed.tracking import trainer_report_to
-from domain_embed.tuning.mining import best_window, labelled_positives
-from domain_embed.tuning.reranker import dev_samples, new_reranker, train_reranker, training_rows
-from domain_embed.tuning.trainer import save_model
+from domain_embed.stages.reranker import SCORING_ONLY, load_reranker, not_run
+from domain_embed.tuning.mining import best_window
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +39,10 @@ def system_name(first_stage: str) -> str:
 
 
 def _inputs(ctx: RunContext) -> dict:
-    r = dataclasses.asdict(ctx.cfg.rerank)
-    for key in ("resume", "keep_checkpoints"):  # how the run gets there, not what it produces
-        r.pop(key)
-    inputs = {s: ctx.run_dir.manifest(s)["key"] for s in SOURCES}
-    inputs.update(rerank=r, seed=ctx.cfg.seed, device=ctx.cfg.device)
-    if ctx.cfg.rerank.model is None:
-        inputs.update(triplets=ctx.run_dir.manifest("triplets")["key"], base_model=ctx.embedder.fingerprint,
-                      precision=ctx.cfg.training.precision)
+    r = ctx.cfg.rerank
+    inputs = {s: ctx.run_dir.manifest(s)["key"] for s in (*SOURCES, "reranker")}
+    inputs.update(rerank={k: getattr(r, k) for k in (*SCORING_ONLY, "max_length", "batch_size")},
+                  device=ctx.cfg.device)
     return inputs
 
 
@@ -62,66 +52,6 @@ def _check(ctx: RunContext) -> None:
         raise ConfigError(f"rerank.depths={list(r.depths)}: expected one or more depths >= 1")
     if not r.first_stages:
         raise ConfigError("rerank.first_stages is empty: name the systems to rerank (e.g. [bm25,tuned,hybrid_tuned])")
-
-
-def _not_run(ctx: RunContext) -> str | None:
-    """Why this run cannot rerank (the report says it under `not_run`, and every other stage's results stand)."""
-    e = ctx.cfg.eval
-    if e.split == DEV_SPLIT or DEV_SPLIT not in ctx.data.qrels:
-        where = "which is the evaluated split here" if e.split == DEV_SPLIT else "and the data has none"
-        return (f"the depth and first stage are chosen on the dev split, {where}: evaluate another split with a dev "
-                "split beside it, or drop `rerank` from `stages`")
-    if ctx.cfg.rerank.model is None and distributed.world_size() > 1:
-        return ("training the reranker under a launcher (several ranks) is not supported yet: run `stages=[rerank]` "
-                "again without the launcher (the finished stages are reused), or give a trained cross-encoder as "
-                "rerank.model")
-    return None
-
-
-def _device(ctx: RunContext) -> str | None:
-    return None if ctx.cfg.device == "auto" else ctx.cfg.device
-
-
-def _trained(ctx: RunContext, out: Path):
-    """Trains the reranker on the triplets stage's train rows (dev rows evaluate it) and publishes it with its card,
-    training rows and log."""
-    r, cfg = ctx.cfg.rerank, ctx.cfg
-    data = DatasetDict.load_from_disk(str(ctx.run_dir.stage_dir("triplets") / "dataset"))
-    rows, stats = training_rows(data["train"], labelled_positives(ctx.data.qrels), r.num_negatives,
-                                max_queries=r.max_train_queries, seed=cfg.seed)
-    dev = dev_samples(data["dev"], r.dev_eval_queries, cfg.seed)
-    model = new_reranker(ctx.embedder.location, r.max_length, seed=cfg.seed, device=_device(ctx),
-                         trust_remote_code=cfg.model.trust_remote_code)
-    work = ctx.run_dir.root / "checkpoints" / f"rerank-{stable_hash(_inputs(ctx))[:16]}"
-    result = train_reranker(model, rows, dev, r, work, seed=cfg.seed, precision=cfg.training.precision,
-                            device=cfg.device, report_to=trainer_report_to(cfg.tracking))
-    rows.save_to_disk(str(out / "dataset"))
-    evals = [h for h in result.log_history if "eval_dev_ndcg@10" in h]
-    table = ("| step | dev nDCG@10 (positives among mined negatives) |\n|---|---|\n"
-             + "\n".join(f"| {h['step']} | {h['eval_dev_ndcg@10']:.4f} |" for h in evals)) if evals else "(no dev set)"
-    save_model(model, out / "model", {"metrics_table": table, "training_config": dataclasses.asdict(r)})
-    log_ = {**dataclasses.asdict(result), "rows": stats, "dev_queries": len(dev)}
-    atomic_write_json(out / "train_log.json", log_)
-    if not r.keep_checkpoints:
-        shutil.rmtree(work, ignore_errors=True)
-    return model, {"source": "trained", "base_model": ctx.embedder.location,
-                   "path": str(ctx.run_dir.stage_dir("rerank") / "model"),  # where `out` is published
-                   **{k: v for k, v in log_.items() if k != "log_history"}}
-
-
-def _reranker(ctx: RunContext, out: Path):
-    r = ctx.cfg.rerank
-    if r.model is None:
-        return _trained(ctx, out)
-    from sentence_transformers import CrossEncoder
-
-    try:
-        model = CrossEncoder(r.model, max_length=r.max_length, device=_device(ctx),
-                             trust_remote_code=ctx.cfg.model.trust_remote_code)
-    except Exception as exc:  # the hub, the filesystem and transformers all raise different types
-        raise ModelLoadError(f"cannot load rerank.model '{r.model}': {exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
-    return model, {"source": "given", "path": r.model}
 
 
 class _Split:
@@ -175,11 +105,11 @@ def choose_on_dev(grid: list[dict]) -> tuple[dict[str, int], str]:
 def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     _check(ctx)
     r, e = ctx.cfg.rerank, ctx.cfg.eval
-    if why := _not_run(ctx):
+    if why := not_run(ctx):
         log.warning("rerank not run: %s", why)
         atomic_write_json(out / "choice.json", {"skipped": why})
         return
-    model, reranker = _reranker(ctx, out)
+    model, reranker = load_reranker(ctx)
     before = ctx.embedder.stats.corpus_encodes
     windows = ctx.windows()
     window_texts = windows.texts(ctx.documents)
@@ -221,7 +151,9 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     docs = [[dev.scorer.text(q, d) for q2, d in head if q2 == q] for q in rows]
     latency = {"pairs_scored": pairs_scored, "seconds": seconds,
                "pairs_per_second": pairs_scored / seconds if seconds else None,
-               "ms_per_query": latency_ms(model, [dev.scorer.queries[q] for q in rows], docs, r.batch_size),
+               "ranks": distributed.world_size(),  # pairs/s is theirs together; ms per query is rank 0's alone
+               "ms_per_query": latency_ms(model, [dev.scorer.queries[q] for q in rows], docs, r.batch_size)
+               if distributed.is_main() else None,
                "latency_queries": len(rows), "depth": depth[best], "first_stage": best,
                "machine": devices.machine(model.device)}
     atomic_write_json(out / "choice.json", {"metric": primary, "split": DEV_SPLIT, "grid": grid, "depths": depth,
@@ -230,4 +162,4 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
 
 
-register(Stage("rerank", requires=("evaluate", "triplets"), inputs=_inputs, run=_run))
+register(Stage("rerank", requires=("evaluate", "reranker"), inputs=_inputs, run=_run))

@@ -123,7 +123,9 @@ def training_arguments(cfg: RerankConfig, output_dir: Path, *, seed: int, has_de
         use_cpu=not on_cuda, eval_strategy="steps" if has_dev else "no", eval_steps=cfg.eval_steps,
         save_strategy="steps", save_steps=cfg.eval_steps, save_total_limit=cfg.save_total_limit, **best,
         logging_steps=max(1, cfg.eval_steps // 4), seed=seed, data_seed=seed, dataloader_pin_memory=on_cuda,
-        report_to=list(report_to) or "none")
+        # under DDP: a CrossEncoder's forward returns a BatchEncoding, in which DDP's search for unused parameters
+        # finds no tensor, so it would take every parameter for unused and fail in the first backward; none is
+        ddp_find_unused_parameters=False, report_to=list(report_to) or "none")
 
 
 def train_reranker(model: CrossEncoder, rows: Dataset, dev: list[dict], cfg: RerankConfig, output_dir: Path, *,
