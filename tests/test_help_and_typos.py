@@ -41,7 +41,7 @@ def test_the_cli_answers_a_typo_in_one_line_with_exit_2():
 
 def test_help_teaches_stages_examples_groups_and_outputs_without_a_config_dump():
     out = _train("--help").stdout
-    for needed in ("== Stages", "== Examples ==", "== Config groups", "== Outputs ==", "budget: full, smoke",
+    for needed in ("== Stages", "== Examples ==", "== Config groups", "== Outputs ==", "budget: cpu, full, smoke",
                    "model: bge-base", "stages=[compare]", "python -m train -m", "report.md"):
         assert needed in out, needed
     assert "learning_rate:" not in out  # no 180-line config dump
