@@ -13,7 +13,6 @@ sweep, so that whichever job computes it next finds them) so that `rerank.resume
 from __future__ import annotations
 
 import dataclasses
-import logging
 import shutil
 from pathlib import Path
 
@@ -31,8 +30,6 @@ from domain_embed.tuning.mining import labelled_positives
 from domain_embed.tuning.reranker import dev_samples, new_reranker, train_reranker, training_rows
 from domain_embed.tuning.trainer import save_model
 
-log = logging.getLogger(__name__)
-
 SCORING_ONLY = ("depths", "first_stages", "latency_queries")  # rerank keys that never reach the weights
 _HOW = ("resume", "keep_checkpoints")  # how the run gets there, not what it produces
 
@@ -43,7 +40,7 @@ def not_run(ctx: RunContext) -> str | None:
     if e.split == DEV_SPLIT or DEV_SPLIT not in ctx.data.qrels:
         where = "which is the evaluated split here" if e.split == DEV_SPLIT else "and the data has none"
         return (f"the depth and first stage are chosen on the dev split, {where}: evaluate another split with a dev "
-                "split beside it, or drop `rerank` from `stages`")
+                "split beside it, or drop `reranker` and `rerank` from `stages`")
     return None
 
 
@@ -61,10 +58,6 @@ def _inputs(ctx: RunContext) -> dict:
 
 def _device(ctx: RunContext) -> str | None:
     return None if ctx.cfg.device == "auto" else ctx.cfg.device
-
-
-def model_path(ctx: RunContext) -> Path:
-    return ctx.run_dir.stage_dir("reranker") / "model"
 
 
 def _checkpoints(ctx: RunContext) -> Path:
@@ -104,7 +97,7 @@ def load_reranker(ctx: RunContext) -> tuple[CrossEncoder, dict]:
     """The cross-encoder this stage made or recorded, and its provenance (the report's `rerank.reranker`)."""
     r = ctx.cfg.rerank
     if r.model is None:
-        path = model_path(ctx)
+        path = ctx.run_dir.stage_dir("reranker") / "model"
         trained = read_json(path.parent / "train_log.json")
         return _cross_encoder(ctx, str(path)), {"source": "trained", "path": str(path),
                                                 "shared": ctx.run_dir.is_linked("reranker"),
