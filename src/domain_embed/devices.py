@@ -80,7 +80,8 @@ class EncodeSettings:
 # Chosen on the 2-core development CPU with MiniLM, fp32, 160 ObliQA passages at 256 tokens (docs/benchmarks-encode.md):
 # budgets of 16,384 / 8,192 / 4,096 / 2,048 / 1,024 tokens computed 2.05 / 1.67 / 1.42 / 1.28 / 1.21x the real tokens
 # (padding), and 4,096 was the fastest (smaller batches lost more to per-batch work than padding saved); workers
-# would take cores from the model there; a 256-row shard is ~15 s of CPU encode: a kill loses little.
+# would take cores from the model there; a 256-row shard is ~15 s of CPU encode: a kill loses little. Compiled, the
+# encode ran 1.19x slower (the 64-token buckets pad 22% more tokens; per token no faster) after ~45 s of compiling.
 _CPU = EncodeSettings(max_batch_tokens=4096, workers=0, shard_rows=256, compile=False, attn_implementation=None)
 # On a GPU: large batches keep it busy, tokenization runs in worker processes, a shard is tens of thousands of rows
 # (one device-to-host copy each) and attention skips padding where flash-attn is installed.

@@ -1,4 +1,5 @@
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from domain_embed.retrieval.embed import (
     Embedder,
     _chunks,
     _cut,
+    _pad_to_bucket,
     encode_order,
     resolve_encode_dtype,
     resolve_model_location,
@@ -248,7 +250,7 @@ def test_workers_and_budgets_give_the_same_vectors(tiny_model):
 
 def test_compile_pads_to_length_buckets_and_keeps_the_vectors(tiny_model, monkeypatch):
     """`eval.compile` pads every batch up to a multiple of 64 tokens (few shapes to compile); masked padding leaves
-    the vectors as they were. torch.compile itself is left out here: compiling takes minutes on this CPU."""
+    the vectors as they were. torch.compile itself is left out here (fast); the slow tests below compile."""
     import torch
 
     monkeypatch.setattr(torch, "compile", lambda model: model)
@@ -256,6 +258,72 @@ def test_compile_pads_to_length_buckets_and_keeps_the_vectors(tiny_model, monkey
     vectors = compiled.encode_documents(TEXTS)
     assert compiled.stats.padded_tokens % 64 == 0 and compiled.stats.padded_tokens > _padded(tiny_model, 2048)
     np.testing.assert_allclose(vectors, _embedder(tiny_model, None).encode_documents(TEXTS), atol=1e-6)
+
+
+@pytest.mark.parametrize(("width", "window", "padded"), [(30, 512, 64), (64, 512, 64), (65, 512, 128),
+                                                         (65, 100, 100), (100, 100, 100)])
+def test_buckets_stop_at_the_models_window(width, window, padded):
+    """The last bucket is the window itself: a model whose positions end at a window off the 64-token grid never
+    sees a position past it."""
+    import torch
+
+    features = {"input_ids": torch.ones(2, width, dtype=torch.long), "attention_mask": torch.ones(2, width)}
+    for left in (False, True):
+        out = _pad_to_bucket(features, 0, left, window)
+        assert out["input_ids"].shape == (2, padded) and int(out["attention_mask"].sum()) == 2 * width
+
+
+# texts of 5 to ~220 tokens: under a 128-token window they fill both of its buckets (64 and 128)
+LENGTHS = [f"passage {i}: " + "the firm shall notify the regulator of a change in controllers " * (i % 20)
+           for i in range(160)]
+QUERIES = [f"does passage {i} notify the regulator of a change" for i in range(0, 160, 7)]
+
+
+@pytest.fixture(scope="module")
+def compiled_and_eager(tiny_model):
+    """`LENGTHS` and `QUERIES` encoded eagerly and compiled (inductor, fp32) with a 128-token window, the documents
+    three times (token budgets of 512, 1,500 and 100: other batch sizes, down to batches of one text), under a
+    recompile limit of 1 that the compiled encode must raise to its bucket count; and the graphs dynamo compiled."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = _embedder(tiny_model, None, max_seq_length=128, compile=True, max_batch_tokens=512)
+    with torch._dynamo.config.patch(recompile_limit=1):  # not monkeypatch: its undo deletes the config entry
+        docs = []
+        for budget in (512, 1500, 100):
+            compiled.settings = replace(compiled.settings, max_batch_tokens=budget)
+            docs.append(compiled.encode_documents(LENGTHS))
+        queries = compiled.encode_queries(QUERIES)
+    eager = _embedder(tiny_model, None, max_seq_length=128, max_batch_tokens=512)
+    lengths = [len(ids) for ids in compiled.tokenizer(LENGTHS, truncation=True, max_length=128)["input_ids"]]
+    return {"compiled": (docs, queries), "eager": (eager.encode_documents(LENGTHS), eager.encode_queries(QUERIES)),
+            "graphs": counters["stats"]["unique_graphs"], "frames": dict(counters["frames"]),
+            "batches": compiled.stats.batches, "lengths": lengths}
+
+
+@pytest.mark.slow
+def test_compiled_encode_gives_the_eager_vectors_and_rankings(compiled_and_eager):
+    """Bucket padding is masked and the compiled kernels compute what eager ones do (fp32): the same vectors, the
+    same top-10 for every query."""
+    (docs, queries), (eager_docs, eager_queries) = compiled_and_eager["compiled"], compiled_and_eager["eager"]
+    assert compiled_and_eager["graphs"] >= 1  # the model really was compiled
+    top = lambda q, d: np.argsort(-(q @ d.T), axis=1, kind="stable")[:, :10]  # noqa: E731
+    for vectors in docs:
+        np.testing.assert_allclose(vectors, eager_docs, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(top(queries, vectors), top(eager_queries, eager_docs))
+    np.testing.assert_allclose(queries, eager_queries, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_encode_compiles_one_graph_per_length_bucket(compiled_and_eager):
+    """However many batches and batch sizes (two budgets, queries, batches of one text): one graph per length
+    bucket the texts fall in, whatever dynamo's recompile limit, and every frame compiled (none left to eager)."""
+    buckets = {min(-(-n // 64) * 64, 128) for n in compiled_and_eager["lengths"]}
+    assert buckets == {64, 128} and compiled_and_eager["batches"] > 10 * len(buckets)
+    assert compiled_and_eager["graphs"] == len(buckets)
+    assert compiled_and_eager["frames"] == {"total": len(buckets), "ok": len(buckets)}
 
 
 def _padded(tiny_model, budget):

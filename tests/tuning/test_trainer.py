@@ -358,17 +358,22 @@ def test_the_fed_loop_trains_exactly_as_the_plain_one_on_cpu(tiny_model, tmp_pat
     np.testing.assert_array_equal(fed[2], plain[2])
 
 
+def _without_dropout(model: SentenceTransformer) -> SentenceTransformer:
+    """For runs whose losses must match: dropout's random masks follow the tensors' shapes and the kernels that draw
+    them (a padded or a compiled run draws other masks: equally random, not equal)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def test_padding_to_a_multiple_of_8_changes_the_shapes_not_the_training(tiny_model, tmp_path, monkeypatch):
     """What a GPU gets (devices.pad_multiple), forced on CPU: every batch is 8-aligned, and the masked padding
-    leaves the losses as they were. Without dropout, whose random masks follow the tensors' shapes (a padded run
-    draws other masks: equally random, not equal)."""
+    leaves the losses as they were (without dropout: `_without_dropout`)."""
     widths = []
 
     def run(name):
-        model = _load(tiny_model)
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        model = _without_dropout(_load(tiny_model))
         hook = model.transformers_model.embeddings.register_forward_hook(
             lambda module, args, out: widths.append(out.shape[1]) if module.training else None)
         result = train_model(model, _triplets(), None, _cfg(max_steps=3), tmp_path / name, seed=5)
@@ -382,6 +387,34 @@ def test_padding_to_a_multiple_of_8_changes_the_shapes_not_the_training(tiny_mod
     padded = run("padded")
     assert widths and all(w % 8 == 0 for w in widths)
     np.testing.assert_allclose(padded, plain, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_as_eager_and_saves_a_plain_model(tiny_model, tmp_path):
+    """`training.torch_compile` (inductor; gcc compiles it on a CPU): the losses of the eager loop, and checkpoints
+    and the saved model hold plain weights (no `_orig_mod.` prefix of the compiled wrapper) that reload."""
+    from safetensors import safe_open
+    from torch._dynamo.utils import counters
+
+    def run(name, **overrides):
+        model = _without_dropout(_load(tiny_model))
+        result = train_model(model, _triplets(), None, _cfg(max_steps=3, **overrides), tmp_path / name, seed=5)
+        return [r["loss"] for r in result.log_history if "loss" in r], model
+
+    eager, _ = run("eager")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, model = run("compiled", torch_compile=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the model really was compiled
+    np.testing.assert_allclose(compiled, eager, rtol=1e-5)
+    out = save_model(model, tmp_path / "final", {"metrics_table": "", "training_config": {}})
+    weights = list((tmp_path / "compiled").rglob("*.safetensors")) + list(out.rglob("*.safetensors"))
+    assert len(weights) >= 2
+    for path in weights:
+        with safe_open(str(path), "pt") as f:
+            assert not [key for key in f.keys() if "_orig_mod" in key], path  # noqa: SIM118 (a safetensors handle)
+    texts = ["which duties does topic3 rule3 impose", "records are kept"]
+    np.testing.assert_allclose(_load(out).encode(texts), model.encode(texts), atol=1e-6)
 
 
 def test_tf32_is_on_for_training_only():

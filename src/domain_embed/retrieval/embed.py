@@ -231,12 +231,13 @@ def _cut(features: dict, budget: int) -> list[tuple[int, int, dict]]:
     return out
 
 
-def _pad_to_bucket(features: dict, pad_id: int, left: bool) -> dict:
-    """Pads the sequence axis up to a multiple of `_COMPILE_BUCKET`, so a compiled model sees few shapes."""
+def _pad_to_bucket(features: dict, pad_id: int, left: bool, window: int) -> dict:
+    """Pads the sequence axis up to a multiple of `_COMPILE_BUCKET`, so a compiled model sees few shapes; never past
+    the model's window (the last bucket is the window itself), whose positions may end there."""
     import torch
 
     width = features["attention_mask"].shape[1]
-    extra = -width % _COMPILE_BUCKET
+    extra = min(-(-width // _COMPILE_BUCKET) * _COMPILE_BUCKET, max(width, window)) - width
     if not extra:
         return features
     out = {}
@@ -248,12 +249,25 @@ def _pad_to_bucket(features: dict, pad_id: int, left: bool) -> dict:
     return out
 
 
+def _one_graph_per_bucket(features: dict) -> None:
+    """Marks a bucket-padded batch for dynamo: the sequence axis static (one graph per length bucket), the batch axis
+    dynamic and unbacked, so that a batch of one text needs no graph of its own (backed sizes 0 and 1 specialise).
+    Left to dynamo, a second shape makes both axes dynamic: the buckets would buy nothing."""
+    import torch
+
+    for value in features.values():
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            torch._dynamo.decorators.mark_unbacked(value, 0)
+            torch._dynamo.mark_static(value, 1)
+
+
 class _Tokenize:
     """The DataLoader's collate_fn: one chunk of texts into batches of real and padded token counts. It runs in the
     worker processes when there are any (forked: the model is never pickled)."""
 
-    def __init__(self, model, prompt: str, budget: int, compile: bool):
-        self.model, self.prompt, self.budget, self.compile = model, prompt or None, budget, compile
+    def __init__(self, model, prompt: str, budget: int, bucket_window: int | None):
+        """`bucket_window`: compiled, batches are padded to length buckets up to this window; None: they are not."""
+        self.model, self.prompt, self.budget, self.bucket_window = model, prompt or None, budget, bucket_window
 
     def __call__(self, chunk: tuple[int, list[str]]) -> tuple[float, list[tuple[int, int, dict, int, int]]]:
         t0 = time.perf_counter()
@@ -262,9 +276,9 @@ class _Tokenize:
         if "attention_mask" in features:  # padded: cut into token-budget batches
             tokenizer = self.model.tokenizer
             batches = _cut(features, self.budget)
-            if self.compile:
-                batches = [(lo, hi, _pad_to_bucket(b, tokenizer.pad_token_id or 0, tokenizer.padding_side == "left"))
-                           for lo, hi, b in batches]
+            if self.bucket_window:
+                batches = [(lo, hi, _pad_to_bucket(b, tokenizer.pad_token_id or 0, tokenizer.padding_side == "left",
+                                                   self.bucket_window)) for lo, hi, b in batches]
             out = [(first + lo, first + hi, b, int(b["attention_mask"].sum()), b["attention_mask"].numel())
                    for lo, hi, b in batches]
         else:  # packed without padding (flash attention): the chunk is one batch
@@ -326,12 +340,24 @@ class Embedder:
 
     @cached_property
     def _forward(self):
-        """The model, or its torch.compile'd twin (`eval.compile`; inputs padded to length buckets)."""
+        """The model, or its torch.compile'd twin (`eval.compile`): padded inputs come in length buckets, one graph
+        each, and dynamo may compile as many graphs as there are buckets (past its default limit, 8, it would run the
+        model uncompiled)."""
         if not self.settings.compile:
             return self.model
         import torch
 
-        return torch.compile(self.model)
+        compiled = torch.compile(self.model)
+        # the config's older name, which torch 2.13 still reads (its torch.compile(recompile_limit=) is newer)
+        limit = max(torch._dynamo.config.cache_size_limit, -(-self.max_seq_length // _COMPILE_BUCKET))
+
+        def forward(features: dict) -> dict:
+            if "attention_mask" in features:  # padded to a bucket (packed batches have no mask, and no buckets)
+                _one_graph_per_bucket(features)
+            with torch._dynamo.config.patch(cache_size_limit=limit):
+                return compiled(features)
+
+        return forward
 
     @property
     def tokenizer(self):
@@ -505,7 +531,7 @@ class Embedder:
         flat = getattr(model[0], "can_flatten_inputs", False)  # packed: a chunk is one batch
         chunks = _chunks(texts, s.max_batch_tokens * (1 if flat else _CHUNK_BATCHES), window)
         loader = DataLoader(chunks, batch_size=None, collate_fn=_Tokenize(model, prompt, s.max_batch_tokens,
-                                                                          s.compile and not flat),
+                                                                          window if s.compile else None),
                             num_workers=s.workers, pin_memory=cuda,
                             multiprocessing_context="fork" if s.workers else None)
         vectors = torch.empty((len(texts), self.dim), dtype=torch.float32, device=device)
