@@ -70,3 +70,16 @@ def test_trainer_evaluates_on_dev_keeps_the_best_checkpoint_and_resumes(tiny_mod
     assert all((a == b).all() for a, b in zip(again.model.state_dict().values(),
                                               new_reranker(str(tiny_model), 64, seed=0).model.state_dict().values(),
                                               strict=True))  # the fresh head comes from the seed
+
+
+def test_a_new_reranker_loads_quietly_and_leaves_the_loggers_as_they_were(tiny_model, caplog):
+    """The new head is the point: no load report, no "SentenceTransformer becomes a CrossEncoder" warning, and none of
+    transformers' tensor-parallel complaints about an unsharded model (which a raised logger level would trigger)."""
+    import logging
+
+    loader = logging.getLogger("transformers.modeling_utils")
+    before = (loader.level, list(loader.filters))
+    with caplog.at_level(logging.WARNING):
+        new_reranker(str(tiny_model), 64, seed=0, device="cpu")
+    assert [r.getMessage()[:80] for r in caplog.records] == []
+    assert (loader.level, list(loader.filters)) == before

@@ -80,22 +80,27 @@ def dev_samples(ds: Dataset, max_queries: int | None, seed: int) -> list[dict]:
             for s in by_query.values() if s["negative"]]
 
 
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def new_reranker(base: str, max_length: int, *, seed: int, device: str | None = None,
                  trust_remote_code: bool = False) -> CrossEncoder:
     """The base model's transformer under a fresh one-logit head, initialised from `seed` (not from whatever the
     process drew before). The libraries' warnings that the head is new (transformers' load report) and that a
     SentenceTransformer folder becomes a CrossEncoder are held back: both are the point here."""
     set_seed(seed)
+    # a filter, not a level: transformers 5 reads its loader logger's level (>= WARNING) as the cue to check a
+    # tensor-parallel plan, and then lists every layer of an unsharded model as "not sharded"
     loggers = [logging.getLogger(name) for name in ("transformers.modeling_utils", "sentence_transformers.base.model")]
-    levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.ERROR)
+        lg.addFilter(_errors_only)
     try:
         return CrossEncoder(base, num_labels=1, max_length=max_length, device=device,
                             trust_remote_code=trust_remote_code)
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        for lg in loggers:
+            lg.removeFilter(_errors_only)
 
 
 @dataclass
