@@ -32,6 +32,9 @@ paths = dict.fromkeys(site.getsitepackages() + sys.path)
 print("\n".join(p for p in paths if p.endswith(("site-packages", "dist-packages"))))
 PY
 WHEEL=$(ls "$HERE"/wheels/domain_embed-*.whl)
+EXTRAS=$("$PYTHON" -c 'import json, sys; print(",".join(json.load(open(sys.argv[1])).get("extras", [])))' \
+  "$HERE/manifest.json")
+[ -z "$EXTRAS" ] || WHEEL="$WHEEL[$EXTRAS]"  # the extras offline_bundle.py --extras carried
 "${PIP[@]}" install --no-index --no-cache-dir --disable-pip-version-check --find-links "$HERE/wheels" "$WHEEL"
 "$VENV/bin/python" - "$HERE/model" "$VENV/model" <<'PY'
 import pathlib, shutil, sys

@@ -1,7 +1,8 @@
 """Air-gapped install bundle: everything a GPU box without internet needs to run domain-embed.
 
     python scripts/offline_bundle.py --out DIR [--python-version 3.12] [--platform manylinux_2_28_x86_64]
-        [--have FREEZE.txt] [--model minilm] [--data ../shared/data/legal/obliqa --max-corpus 3000]
+        [--have FREEZE.txt] [--extras wandb,sweep] [--model minilm]
+        [--data ../shared/data/legal/obliqa --max-corpus 3000]
 
 DIR gets: `wheels/` (the package's own wheel and every runtime dependency the target lacks, for the target's
 Python and platform), `model/` (the model's weights in fp16 safetensors with its tokenizer: half the bytes;
@@ -10,7 +11,8 @@ without the repository), `install.sh` (scripts/bundle_install.sh) and `manifest.
 sha256, and why each wheel is there). `--have` is the target's `pip freeze`: a package it lists is never
 carried and never replaced (a version that does not satisfy the package is an error here, not a surprise
 there); a bare name means "present, version unknown" and is trusted. torch is never carried: the
-target's CUDA build stays.
+target's CUDA build stays. `--extras` carries the package's extras too (wandb for tracking, sweep for the Optuna and
+SLURM launchers, gpu for FAISS GPU), and install.sh installs the package with them.
 """
 
 from __future__ import annotations
@@ -287,6 +289,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def package_requirements(requires: list[str], env: dict, extras: list[str]) -> list[str]:
+    """The package's requirements on the target: the core ones and those of each requested extra (an unknown
+    extra is an error here, not a missing module there)."""
+    known = {m.group(1) for r in requires if (m := re.search(r"""extra\s*==\s*["']([\w-]+)["']""", r))}
+    if unknown := sorted(set(extras) - known):
+        raise BundleError(f"unknown extra(s) {', '.join(unknown)}: the package has {', '.join(sorted(known))}")
+    return [r for r in requires if Requirement(r).marker is None
+            or any(Requirement(r).marker.evaluate({**env, "extra": e}) for e in ("", *extras))]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path, help="the bundle folder (must not exist yet)")
@@ -294,6 +306,7 @@ def main() -> int:
     ap.add_argument("--platform", help="the target's wheel platform, e.g. manylinux_2_28_x86_64 (default: this "
                                        "machine's)")
     ap.add_argument("--have", type=Path, help="the target's `pip freeze`: what it has is never carried")
+    ap.add_argument("--extras", default="", help="the package's extras to carry, comma-separated (e.g. wandb,sweep)")
     ap.add_argument("--model", default="minilm", help="a conf/model name with packaged weights, or a local "
                                                       "sentence-transformers directory")
     ap.add_argument("--data", type=Path, help="a BEIR folder to carry")
@@ -320,8 +333,8 @@ def build(args: argparse.Namespace) -> int:
     package = build_package_wheel(wheels)
     _, version, requires = wheel_metadata(package)
     env = target.marker_env()
-    roots = [(r, f"domain-embed {version}") for r in requires
-             if Requirement(r).marker is None or Requirement(r).marker.evaluate({**env, "extra": ""})]
+    extras = [e for e in args.extras.split(",") if e]
+    roots = [(r, f"domain-embed {version}") for r in package_requirements(requires, env, extras)]
     resolution = resolve(roots, target, wheels, pip_downloader(target))
     copy_model_fp16(model_source(args.model), tmp / "model")
     data = write_data_slice(args.data, tmp / "data", args.max_corpus, args.seed) if args.data else None
@@ -334,8 +347,8 @@ def build(args: argparse.Namespace) -> int:
     total = sum(f["bytes"] for f in files.values())
     manifest = {"package": f"domain-embed {version}", "python_version": args.python_version or "this interpreter",
                 "platform": args.platform or "this machine", "have": str(args.have) if args.have else None,
-                "carried": resolution.carried, "kept_from_target": resolution.kept, "model": args.model,
-                "data": data, "files": files, "total_bytes": total}
+                "extras": extras, "carried": resolution.carried, "kept_from_target": resolution.kept,
+                "model": args.model, "data": data, "files": files, "total_bytes": total}
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     tmp.rename(args.out)
     by_part: dict[str, int] = {}

@@ -284,3 +284,78 @@ def test_slurm_sweep_launcher_config_composes(launcher, gpus):
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", gpus, 1)
     assert type(instantiate(launcher)).__name__ == "SlurmLauncher"  # builds it; submits nothing
+
+
+@pytest.mark.parametrize(("nodelist", "host"), [("node[01-04]", "node01"), ("gpu-a[3,5-7],gpu-b2", "gpu-a3"),
+                                                ("n7,n8", "n7"), ("rack[1-2]-node[08-09]", "rack1-node08")])
+def test_the_rendezvous_is_the_first_host_of_slurms_node_list(nodelist, host):
+    assert distributed.first_host(nodelist) == host
+
+
+def test_slurm_variables_become_the_launcher_variables_unless_a_launcher_set_them(monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS",
+                 "SLURM_STEP_NODELIST", "SLURM_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+    slurm = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "gpu[12-15]",
+             "SLURM_JOB_ID": "4242"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.from_slurm()
+    assert {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")} == {
+        "RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "gpu12", "MASTER_PORT": str(20000 + 4242)}
+    assert (distributed.rank(), distributed.world_size(), distributed.local_rank()) == (5, 8, 1)
+    monkeypatch.setenv("RANK", "0")  # torchrun or accelerate inside the allocation: theirs win
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert not distributed.from_slurm() and os.environ["RANK"] == "0"
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # one task: a plain run
+    assert not distributed.from_slurm() and "RANK" not in os.environ
+
+
+FAKE_SRUN = textwrap.dedent("""\
+    #!/usr/bin/env bash
+    # stands in for srun on this machine: SLURM_NTASKS copies of the command, each with its task's variables only
+    while [[ $1 == --* ]]; do shift; done
+    pids=()
+    for ((r = 0; r < SLURM_NTASKS; r++)); do
+      SLURM_PROCID=$r SLURM_LOCALID=$r "$@" > "task$r.log" 2>&1 &
+      pids+=($!)
+    done
+    rc=0
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    exit $rc
+""")
+
+
+def test_srun_tasks_given_only_slurm_variables_train_as_two_ranks_of_one_run(tiny_beir, tiny_model, tmp_path):
+    """scripts/slurm_train.sbatch as sbatch runs it, its srun starting two tasks that know only SLURM's variables."""
+    port = 0
+    while not 20000 <= port < 60000:  # the port the job id maps to (20000 + id % 40000) must be free
+        port = _free_port()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(FAKE_SRUN)
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    run = tmp_path / "run"
+    stages = ["audit", "baseline", "mine", "triplets", "finetune"]
+    overrides = ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
+                 f"cache_dir={tmp_path / 'cache'}", f"stages=[{','.join(stages)}]", "training.batch_size=2",
+                 "training.epochs=2", "training.num_negatives=1", "training.eval_steps=1",
+                 "training.logging_steps=1", "training.warmup=0", f"hydra.run.dir={run}"]
+    env = {k: v for k, v in _env().items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
+                                                        "MASTER_PORT") and not k.startswith("SLURM_")}
+    env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", PYTHON=sys.executable, SLURM_SUBMIT_DIR=str(tmp_path),
+               SLURM_NTASKS="2", SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID=str(port - 20000))
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_train.sbatch"), *overrides], env=env,
+                          capture_output=True, text=True, timeout=400)
+    outs = [(tmp_path / f"task{r}.log").read_text() for r in range(2)]
+    assert proc.returncode == 0, "\n".join(out[-3000:] for out in outs)
+    assert "joined the process group: rank 1 of 2" in outs[1]
+    report = json.loads((run / "report.json").read_text())
+    # one DDP group: every step takes batch_size rows on each of the 2 ranks (drop_last)
+    training = report["training"]
+    assert [r["global_step"] for r in training["rounds"]] == [2 * (r["train_rows"] // (2 * 2)) for r in
+                                                             training["rounds"]] and training["global_step"] > 0
+    out = "".join(outs)
+    assert {s: out.count(f"stage {s}: running") for s in stages} == {**dict.fromkeys(stages, 2), "audit": 1}
+    assert out.count(f"report: {run / 'report.md'}") == 1  # reported once, by rank 0

@@ -160,3 +160,14 @@ def test_bundle_installs_offline_and_the_quick_gpu_check_passes_from_it(tmp_path
                            capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(bundle / "venv")) and where[1].startswith(str(bundle / "venv"))
     assert not where[2].startswith(str(bundle / "venv"))  # torch stays the target's
+
+
+def test_requested_extras_are_carried_and_an_unknown_one_is_refused():
+    requires = ["hydra-core>=1.3", 'faiss-cpu>=1.9; extra == "cpu"', 'wandb>=0.20; extra == "wandb"',
+                'hydra-submitit-launcher>=1.2; extra == "sweep"', 'hydra-optuna-sweeper>=1.2; extra == "sweep"']
+    env = ob.Target(None, None, {}).marker_env()
+    assert ob.package_requirements(requires, env, []) == ["hydra-core>=1.3"]
+    assert [r.split(">")[0] for r in ob.package_requirements(requires, env, ["wandb", "sweep"])] == [
+        "hydra-core", "wandb", "hydra-submitit-launcher", "hydra-optuna-sweeper"]
+    with pytest.raises(ob.BundleError, match=r"unknown extra.*wandbb.*the package has cpu, sweep, wandb"):
+        ob.package_requirements(requires, env, ["wandbb"])

@@ -150,6 +150,7 @@ def main() -> None:
     if problem := overrides.check(sys.argv[1:]):
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    distributed.from_slurm()  # srun's tasks become one run's ranks before Hydra, Accelerate or the Trainer look
     register_configs()
     if not OmegaConf.has_resolver("de.config_groups"):
         OmegaConf.register_new_resolver("de.config_groups", overrides.groups_help)

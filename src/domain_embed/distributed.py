@@ -1,11 +1,13 @@
-"""Rank helpers for multi-process runs (`torchrun`, `accelerate launch`): who may write, who waits, who does what.
+"""Rank helpers for multi-process runs (`torchrun`, `accelerate launch`, `srun`): who may write, who waits, who does
+what.
 
 Fine-tuning is data-parallel (the HF Trainer runs DDP); the corpus stages run on every rank too, and split
 their corpus encodes and searches between the ranks (`share`, `gather`). Every write into the run directory
 (manifests, reports, W&B summaries), and every decision that all ranks must agree on, happens on global rank 0
 while the other ranks wait (`main_only`). The process group is joined at the start of the run, before the Trainer
 would create it, so those waits are possible from the first stage on. Without a launcher every helper is a no-op:
-rank 0 of a world of 1.
+rank 0 of a world of 1. Under `srun` with one task per GPU and no other launcher, `from_slurm` turns SLURM's task
+variables into the launcher variables torch.distributed, Accelerate and the HF Trainer read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -69,6 +72,36 @@ def local_rank() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+_LAUNCHER_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK")  # set by torchrun and accelerate launch
+_DEFAULT_PORT = 29500  # torchrun's
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of SLURM's compressed node list (`node[01-04,07],gpu2` -> `node01`), as `scontrol show
+    hostnames` would give it first: the ranks' rendezvous, found without scontrol."""
+    first = re.match(r"[^,\[]*(?:\[[^\]]*\][^,\[]*)*", nodelist.strip()).group(0)
+    return re.sub(r"\[([^],-]*)[^]]*\]", r"\1", first)
+
+
+def from_slurm() -> bool:
+    """Under `srun` (SLURM_PROCID set, more than one task) and no torchrun or accelerate variables: set RANK,
+    LOCAL_RANK, WORLD_SIZE, MASTER_ADDR (the node list's first host) and MASTER_PORT (from SLURM_JOB_ID, so two jobs
+    on one node do not collide) from SLURM's, before anything reads them, so the tasks of one `srun` form one run.
+    Variables already set win. Returns whether it did."""
+    env = os.environ
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+    if "SLURM_PROCID" not in env or tasks <= 1 or any(name in env for name in _LAUNCHER_VARS):
+        return False
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    job = env.get("SLURM_JOB_ID")
+    env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], str(tasks)
+    env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+    env.setdefault("MASTER_ADDR", first_host(nodes) if nodes else "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(20000 + int(job) % 40000 if job and job.isdigit() else _DEFAULT_PORT))
+    log.debug("SLURM task %s of %d: rendezvous at %s:%s", env["RANK"], tasks, env["MASTER_ADDR"], env["MASTER_PORT"])
+    return True
 
 
 def init_process_group() -> bool:
