@@ -107,3 +107,12 @@ def test_the_gpu_check_runs_from_what_the_image_copies(tmp_path):
                             "domain_embed; print(gpu_check.__file__, domain_embed.__file__)", str(image / "scripts")],
                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300, check=True)
     assert all(path.startswith(str(image)) for path in probe.stdout.split())  # nothing came from the repository
+
+
+def test_the_launcher_configs_are_under_the_working_directory_for_an_accelerate_entrypoint():
+    """`docker run --entrypoint accelerate domain-embed:cuda launch --config_file conf/accelerate/multi_gpu.yaml
+    -m train ...` (README): conf/ is copied to /src and linked at the WORKDIR the image ends in."""
+    workdirs = re.findall(r"^WORKDIR (\S+)$", DOCKERFILE, flags=re.MULTILINE)
+    copied = re.search(r"^WORKDIR (\S+)$(?:(?!^WORKDIR).)*^COPY conf \./conf$", DOCKERFILE,
+                       flags=re.MULTILINE | re.DOTALL).group(1)
+    assert f"ln -s {copied}/conf {workdirs[-1]}/conf" in DOCKERFILE

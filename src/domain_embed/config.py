@@ -320,7 +320,7 @@ class CompareConfig:
     # localhost); such a candidate is refused, before any request, unless this is true
     allow_remote: bool = False
     api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key (the key is never in a config)
-    # USD per 1M input tokens, by served model name, as read on prices_date (override or add: compare.prices.<m>=..)
+    # USD per 1M input tokens, by served model name, as read on prices_date (override or add: ++compare.prices.<m>=..)
     prices: dict[str, float] = field(default_factory=lambda: {"text-embedding-3-small": 0.02,
                                                               "text-embedding-3-large": 0.13,
                                                               "text-embedding-ada-002": 0.10})
