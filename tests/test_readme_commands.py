@@ -32,8 +32,7 @@ PLACEHOLDERS = {"<domain>": "legal", "<model>": "text-embedding-3-large", "<usd 
 
 
 def _code_blocks(lang: str) -> list[str]:
-    return [textwrap.dedent(b) for b in re.findall(rf"^( *)```{lang}\n(.*?)^ *```", README,
-                                                    flags=re.MULTILINE | re.DOTALL) for b in [b[0] + b[1]]]
+    return [textwrap.dedent(b) for b in re.findall(rf"^ *```{lang}\n(.*?)^ *```", README, flags=re.MULTILINE | re.DOTALL)]
 
 
 def _shell_commands() -> list[str]:
