@@ -32,7 +32,8 @@ PLACEHOLDERS = {"<domain>": "legal", "<model>": "text-embedding-3-large", "<usd 
 
 
 def _code_blocks(lang: str) -> list[str]:
-    return [textwrap.dedent(b) for b in re.findall(rf"^ *```{lang}\n(.*?)^ *```", README, flags=re.MULTILINE | re.DOTALL)]
+    blocks = re.findall(rf"^ *```{lang}\n(.*?)^ *```", README, flags=re.MULTILINE | re.DOTALL)
+    return [textwrap.dedent(block) for block in blocks]
 
 
 def _shell_commands() -> list[str]:

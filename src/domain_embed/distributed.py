@@ -89,7 +89,8 @@ def from_slurm() -> bool:
     """Under `srun` (SLURM_PROCID set, more than one task) and no torchrun or accelerate variables: set RANK,
     LOCAL_RANK, WORLD_SIZE, MASTER_ADDR (the node list's first host) and MASTER_PORT (from SLURM_JOB_ID, so two jobs
     on one node do not collide) from SLURM's, before anything reads them, so the tasks of one `srun` form one run.
-    Variables already set win. Returns whether it did."""
+    Variables already set win. A batch script's own shell is no task of a step: run the package under srun there
+    (scripts/slurm_train.sbatch). Returns whether it did."""
     env = os.environ
     tasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
     if "SLURM_PROCID" not in env or tasks <= 1 or any(name in env for name in _LAUNCHER_VARS):
@@ -100,7 +101,6 @@ def from_slurm() -> bool:
     env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
     env.setdefault("MASTER_ADDR", first_host(nodes) if nodes else "127.0.0.1")
     env.setdefault("MASTER_PORT", str(20000 + int(job) % 40000 if job and job.isdigit() else _DEFAULT_PORT))
-    log.debug("SLURM task %s of %d: rendezvous at %s:%s", env["RANK"], tasks, env["MASTER_ADDR"], env["MASTER_PORT"])
     return True
 
 
