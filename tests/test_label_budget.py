@@ -96,3 +96,62 @@ def test_the_sweep_is_one_wandb_group_with_its_summary_table(label_sweep):
     assert "decision/adopt" in table["columns"] and "gap_dev/ci95" in table["columns"]
     jobs = json.loads((runs["summary"].parent / "files" / logged["sweep_summary.path"]).read_text())
     assert jobs["data"] and "dev_ndcg@10" in jobs["columns"]
+
+
+def _job(folder: Path, size: int | None, dev: tuple[float, float, float], adopt: bool, test=(0.02, 0.01, 0.03),
+         held=("tuned", "baseline")) -> None:
+    """A finished job's report.json as the pipeline writes it: the dev and test comparisons (delta, CI low, CI high)
+    of `held` (the systems the job's decision compared) and the decision its rule took."""
+    def comparisons(d, lo, hi):
+        pairs = {held, ("tuned", "baseline")}
+        return {f"{a}-vs-{b}": {"recall@10": {"delta": d, "ci95": [lo, hi], "p_value": 0.01}} for a, b in pairs}
+
+    decision = {"adopt_tuned": adopt, "metric": "recall@10", "min_gain": 0.05, "reason": "scripted", "split": "dev"}
+    if held != ("tuned", "baseline"):
+        decision.update(fine_tuned=held[0], untuned=held[1])
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text(json.dumps({
+        "run": {"config": {"eval": {"decision_metric": "recall@10"}, "data": {"max_train_queries": size},
+                           "mining": {"splits": ["train", "dev"], "dev_split": "dev"}}},
+        "data": {"splits": {"train": 2224, "dev": 564, "test": 2786}}, "eval": {"split": "test"},
+        "dev": {"split": "dev", "comparisons": comparisons(*dev)}, "comparisons": comparisons(*test),
+        "mining": {"split": {"train_rows": 3 * (size or 2224)}}, "decision": decision}))
+
+
+def test_the_summary_names_the_smallest_size_that_clears_the_bar_on_dev(tmp_path):
+    from domain_embed.report.curve import build, render
+
+    _job(tmp_path / "0", 125, (0.01, -0.01, 0.03), adopt=False)
+    _job(tmp_path / "1", 250, (0.06, -0.01, 0.13), adopt=False)  # above 5 points, but the job's rule said no
+    _job(tmp_path / "2", 500, (0.07, 0.02, 0.12), adopt=True, held=("hybrid_tuned", "hybrid_base"))
+    _job(tmp_path / "3", 1000, (0.045, 0.01, 0.08), adopt=False)
+    _job(tmp_path / "4", None, (0.08, 0.05, 0.11), adopt=True, test=(0.09, 0.06, 0.12))
+    curve = build(tmp_path)
+    assert [(r["labelled_queries"], r["all"]) for r in curve["rows"]] == [
+        (125, False), (250, False), (500, False), (1000, False), (2224, True)]
+    assert curve["sentence"] == (
+        "The smallest size whose fine-tuning clears the 5-point bar on dev is 500 labelled queries: hybrid_tuned over "
+        "hybrid_base, recall@10 +7.0 points (95% CI +2.0 to +12.0). Larger sizes that do not: 1000 labelled queries "
+        "(read the CIs: the curve is noisy).")
+    last = curve["rows"][-1]
+    assert last["decision_test"] == {"delta": 0.09, "ci95": [0.06, 0.12]} and last["gap_test"]["delta"] == 0.09
+    md = render(curve)
+    assert "| 2224 (all) | 6672 |" in md and "hybrid_tuned vs hybrid_base: +7.0 points" in md
+    assert Path(curve["plot"]).stat().st_size > 0
+
+
+def test_the_summary_says_when_no_size_clears_the_bar(tmp_path):
+    from domain_embed.report.curve import build
+
+    _job(tmp_path / "0", 125, (-0.01, -0.03, 0.01), adopt=False)
+    _job(tmp_path / "1", None, (0.032, 0.01, 0.05), adopt=False)
+    assert build(tmp_path)["sentence"] == (
+        "No size clears the 5-point bar on dev: at 2224 labelled queries (all), tuned over baseline, recall@10 +3.2 "
+        "points (95% CI +1.0 to +5.0); fine-tuning does not earn its cost on this data at these sizes.")
+
+
+def test_a_sweep_that_samples_nothing_has_no_curve(tmp_path):
+    from domain_embed.report.curve import build
+
+    _job(tmp_path / "0", None, (0.03, 0.01, 0.05), adopt=False)
+    assert build(tmp_path) is None

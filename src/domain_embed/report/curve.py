@@ -124,8 +124,8 @@ def _plot(rows: list[dict], path: Path) -> Path:
     bar = next((r["decision"]["min_gain"] * 100 for r in rows if r["decision"]), 5.0)
     everything = next((r["labelled_queries"] for r in rows if r["all"]), None)
     return plot_label_curve([r["labelled_queries"] for r in rows], in_points, on_test, bar, path,
-                            f"What fine-tuning gains by labelled queries: {rows[0]['metric']}, dev (CI bands) and "
-                            f"{rows[0]['test_split']} (open markers)", everything)
+                            f"What fine-tuning gains ({rows[0]['metric']}) by labelled training queries\n"
+                            f"dev: lines, 95% CI bands; {rows[0]['test_split']}: open markers", everything)
 
 
 def _cell(g: dict | None) -> str:
