@@ -35,17 +35,20 @@ def _records(run_file: Path, kind: str) -> list[dict]:
     return [r[kind] for r in wandb_inspect(run_file) if r["type"] == kind]
 
 
+def _settings(tiny_beir, tiny_model):
+    return ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}", "mining.rounds=1",
+            "training.num_negatives=1", "training.batch_size=2", "training.warmup=0", "training.learning_rate=1e-3",
+            "training.eval_steps=2", "training.save_steps=2", "eval.formats.enabled=false"]
+
+
 @pytest.fixture(scope="module")
 def label_sweep(tiny_beir, tiny_model, tmp_path_factory):
     """`+sweep=labels` at two sizes (4 of the 10 training queries, and all), W&B offline."""
     tmp = tmp_path_factory.mktemp("labels")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_API_KEY": "x" * 40}
     proc = subprocess.run(
-        [sys.executable, "-m", "train", "+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
-         f"cache_dir={tmp / 'cache'}", f"hydra.sweep.dir={tmp / 'sweep'}", "+sweep=labels",
-         "data.max_train_queries=4,null", "tracking=wandb", "mining.rounds=1", "training.num_negatives=1",
-         "training.batch_size=2", "training.warmup=0", "training.learning_rate=1e-3", "training.eval_steps=2",
-         "training.save_steps=2", "eval.formats.enabled=false"],
+        [sys.executable, "-m", "train", *_settings(tiny_beir, tiny_model), f"cache_dir={tmp / 'cache'}",
+         f"hydra.sweep.dir={tmp / 'sweep'}", "+sweep=labels", "data.max_train_queries=4,null", "tracking=wandb"],
         cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "sweep"
@@ -78,6 +81,18 @@ def test_the_ladder_shares_audit_baseline_and_mine_with_one_corpus_encode(label_
     assert all(r["gap_dev"] and r["gap_test"] and r["decision"] for r in curve["rows"])
     md = (label_sweep / "sweep_summary.md").read_text()
     assert "## Label budget: recall@10" in md and curve["sentence"] in md and (label_sweep / "label_curve.png").exists()
+
+
+def test_the_job_on_all_queries_gives_a_plain_runs_figures(label_sweep, tiny_beir, tiny_model, make_config, tmp_path):
+    from domain_embed.context import RunContext
+    from domain_embed.pipeline import run_pipeline
+
+    run = tmp_path / "plain"
+    plain = run_pipeline(RunContext(make_config(run, *_settings(tiny_beir, tiny_model),
+                                                "stages=[audit,baseline,mine,triplets,finetune,evaluate]"), run))
+    job = json.loads((label_sweep / "1" / "report.json").read_text())
+    assert job["metrics"] == plain["metrics"] and job["dev"] == plain["dev"] and job["ci95"] == plain["ci95"]
+    assert _stage(label_sweep / "1", "finetune")["key"] == _stage(run, "finetune")["key"]
 
 
 def test_the_sweep_is_one_wandb_group_with_its_summary_table(label_sweep):
