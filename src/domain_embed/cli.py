@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from domain_embed import attempts, distributed, overrides
+from domain_embed import attempts, distributed, multirun, overrides
 from domain_embed.config import RootConfig, register_configs
 from domain_embed.errors import DomainEmbedError
 
@@ -127,8 +127,10 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     try:
         cfg: RootConfig = OmegaConf.to_object(dcfg)
         hydra_cfg = HydraConfig.get()
-        if cfg.shared_dir is None and hydra_cfg.mode == RunMode.MULTIRUN:
-            cfg.shared_dir = str(Path(hydra_cfg.sweep.dir) / "shared")
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            cfg.shared_dir = cfg.shared_dir or str(Path(hydra_cfg.sweep.dir) / "shared")
+            cfg.tracking.group = multirun.group(hydra_cfg, cfg.tracking.group)
+            cfg.tracking.name = cfg.tracking.name or multirun.job_name(hydra_cfg)
         report = run_pipeline(RunContext(cfg, cfg.run_dir))
     except (DomainEmbedError, MissingMandatoryValue) as exc:
         if dcfg.get("verbose") or os.environ.get("HYDRA_FULL_ERROR") == "1":

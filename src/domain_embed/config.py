@@ -76,6 +76,9 @@ class DataConfig:
     chunk_overlap: int = 32  # tokens shared by consecutive windows
     on_error: OnError = OnError.fail  # fail | skip (skips are counted in the report)
     worst_offenders: int = 10  # listed in the audit when documents exceed the window
+    # a seeded sample of the labelled training queries that fine-tuning learns from (dev and test untouched); samples
+    # are nested (a smaller one is inside a larger one), so a label-budget sweep moves by data alone. None: all
+    max_train_queries: int | None = None
 
 
 @dataclass
@@ -276,6 +279,8 @@ class TrackingConfig:
     entity: str | None = None
     mode: str | None = None  # online | offline; None: WANDB_MODE decides
     tags: list[str] = field(default_factory=list)
+    group: str | None = None  # W&B group; None: in a multirun the sweep directory (every job and its summary)
+    name: str | None = None  # W&B run name; None: in a multirun the job's swept overrides, else the run directory
 
 
 @dataclass

@@ -55,7 +55,8 @@ def run_pipeline(ctx: RunContext) -> dict:
     Under a launcher, rank 0 decides and writes everything and runs the audit alone; all ranks run the other
     stages together and return the report rank 0 built."""
     distributed.init_process_group()
-    tracker = Tracker(ctx.cfg, ctx.run_dir.root, name=ctx.run_dir.root.name) if distributed.is_main() else None
+    tracker = Tracker(ctx.cfg, ctx.run_dir.root, job_type=plan(list(ctx.cfg.stages))[-1]) \
+        if distributed.is_main() else None
     try:
         done_now = _run_stages(ctx)
         return _publish_report(ctx, done_now, tracker)

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from domain_embed.multirun import group
+from domain_embed.report import curve
 from domain_embed.report.markdown import table
 from domain_embed.rundir import atomic_write_json, atomic_write_text
+from domain_embed.tracking import log_sweep, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,23 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         summary = summarise(sweep_dir)
+        label_curve = curve.build(sweep_dir)  # a label-budget sweep's curve (+sweep=labels), else None
+        if label_curve:
+            summary["label_curve"] = label_curve
         atomic_write_json(sweep_dir / "sweep_summary.json", summary)
-        atomic_write_text(sweep_dir / "sweep_summary.md", render(summary))
+        atomic_write_text(sweep_dir / "sweep_summary.md", render(summary) + (curve.render(label_curve)
+                                                                            if label_curve else ""))
+        log_sweep_summary(config, sweep_dir, summary)
         log.info("sweep summary: %s (%d jobs)", sweep_dir / "sweep_summary.md", len(summary["jobs"]))
+
+
+def log_sweep_summary(config: DictConfig, sweep_dir: Path, summary: dict) -> None:
+    """The summary's tables (the jobs; the label curve's rows) and plot, in W&B beside the jobs, in their group."""
+    tracking = OmegaConf.to_object(config.tracking)
+    tracking.group = group(config.hydra, tracking.group)
+    tables = {"sweep_summary": table_rows(summary["jobs"])}
+    images = []
+    if "label_curve" in summary:
+        tables["label_curve"] = table_rows(summary["label_curve"]["rows"])
+        images.append(Path(summary["label_curve"]["plot"]))
+    log_sweep(tracking, sweep_dir, tables, images)

@@ -21,27 +21,38 @@ def trainer_report_to(cfg: TrackingConfig) -> list[str]:
     return ["wandb"] if cfg.backend == "wandb" else []
 
 
-class Tracker:
-    """A no-op unless `tracking.backend=wandb`."""
+SWEEP_JOB_TYPE = "sweep_summary"  # the job type of a sweep's summary run, beside its jobs in their group
 
-    def __init__(self, cfg: RootConfig, run_dir: Path, name: str):
+
+def _open_run(cfg: TrackingConfig, folder: Path, **init):
+    """A W&B run under `folder`, in the configured mode, project and entity; `init`: wandb.init's other arguments."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError("tracking=wandb needs wandb, which is not installed: "
+                          "pip install 'domain-embed[wandb]' (or use tracking=none)") from exc
+
+    if cfg.mode:
+        os.environ["WANDB_MODE"] = cfg.mode
+    os.environ.setdefault("WANDB_PROJECT", cfg.project)
+    run = wandb.init(project=cfg.project, entity=cfg.entity, dir=str(folder), tags=list(cfg.tags),
+                     reinit="finish_previous", **init)
+    log.info("W&B run %s (%s mode) in %s", run.id, os.environ.get("WANDB_MODE", "online"), folder)
+    return run
+
+
+class Tracker:
+    """A no-op unless `tracking.backend=wandb`. In a sweep every job's run is in the sweep's group, with the last stage
+    it runs as its job type and its swept overrides as its name (cli.py sets `tracking.group` and `tracking.name`)."""
+
+    def __init__(self, cfg: RootConfig, run_dir: Path, job_type: str):
         self.cfg = cfg.tracking
         if self.cfg.backend not in ("none", "wandb"):
             raise ConfigError(f"tracking.backend={self.cfg.backend!r}: expected none or wandb")
         self.run = None
         if self.cfg.backend == "wandb":
-            try:
-                import wandb
-            except ImportError as exc:
-                raise ConfigError("tracking=wandb needs wandb, which is not installed: "
-                                  "pip install 'domain-embed[wandb]' (or use tracking=none)") from exc
-
-            if self.cfg.mode:
-                os.environ["WANDB_MODE"] = self.cfg.mode
-            os.environ.setdefault("WANDB_PROJECT", self.cfg.project)
-            self.run = wandb.init(project=self.cfg.project, entity=self.cfg.entity, name=name, dir=str(run_dir),
-                                  tags=list(self.cfg.tags), config=dataclasses.asdict(cfg), reinit="finish_previous")
-            log.info("W&B run %s (%s mode) in %s", self.run.id, os.environ.get("WANDB_MODE", "online"), run_dir)
+            self.run = _open_run(self.cfg, run_dir, name=self.cfg.name or run_dir.name, group=self.cfg.group,
+                                 job_type=job_type, config=dataclasses.asdict(cfg))
 
     def log_report(self, report: dict, images: list[Path]) -> None:
         if self.run is None:
@@ -69,3 +80,31 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def table_rows(records: list[dict]) -> tuple[list[str], list[list]]:
+    """Columns and rows of a W&B table from records of one shape: nested dicts become `a/b` columns, lists text."""
+    def flat(value, prefix: str = "") -> dict:
+        if isinstance(value, dict):
+            return {k: v for key, inner in value.items() for k, v in flat(inner, f"{prefix}{key}/").items()}
+        return {prefix.rstrip("/"): " ".join(map(str, value)) if isinstance(value, list) else value}
+
+    rows = [flat(r) for r in records]
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    return columns, [[r.get(c) for c in columns] for r in rows]
+
+
+def log_sweep(cfg: TrackingConfig, sweep_dir: Path, tables: dict[str, tuple[list[str], list[list]]],
+              images: list[Path]) -> None:
+    """A sweep's summary as a run of its own in the jobs' group (`cfg.group`): its tables (name -> columns, rows) and
+    plots. A no-op unless `tracking.backend=wandb`."""
+    if cfg.backend != "wandb":
+        return
+    import wandb
+
+    run = _open_run(cfg, sweep_dir, name=f"{SWEEP_JOB_TYPE} {sweep_dir.name}", group=cfg.group, job_type=SWEEP_JOB_TYPE)
+    try:
+        run.log({**{name: wandb.Table(columns=columns, data=rows) for name, (columns, rows) in tables.items()},
+                 **{f"plots/{p.stem}": wandb.Image(str(p)) for p in images if p.exists()}})
+    finally:
+        run.finish()

@@ -12,6 +12,14 @@ from domain_embed.errors import DataError
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id: relevance}
 
 
+def nested_sample(ids: list[str], n: int | None, seed: int) -> list[str]:
+    """The first `n` ids of a seeded permutation of `ids` (all of them when `n` is None): with one seed, a smaller
+    sample is always inside a larger one (`random.sample` gives no such promise across sizes)."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    return order if n is None else order[:n]
+
+
 @dataclass
 class SkipLog:
     """Records skipped bad records (only when config allows skipping): nothing is dropped silently."""

@@ -56,6 +56,36 @@ def plot_training(log_history: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_label_curve(sizes: list[int], series: dict[str, list[tuple[float, float, float] | None]],
+                     test: dict[str, list[float | None]], bar: float, path: Path, title: str, all_size: int | None
+                     ) -> Path:
+    """The label-budget curve: gain in points against labelled training queries (log axis), each dev series with its
+    95% CI band (`series`: label -> (delta, lo, hi) per size), its test value as an open marker (`test`: the same
+    labels), and the adoption bar; the size that is all the queries is marked as such on the axis."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.set_title(title, fontsize=10)
+    for (label, points), color in zip(series.items(), ("tab:blue", "tab:orange"), strict=False):
+        shown = [(x, p) for x, p in zip(sizes, points, strict=True) if p is not None]
+        if not shown:
+            continue
+        xs = [x for x, _ in shown]
+        ax.plot(xs, [p[0] for _, p in shown], color=color, marker="o", label=f"{label} (dev)")
+        ax.fill_between(xs, [p[1] for _, p in shown], [p[2] for _, p in shown], color=color, alpha=0.2)
+        on_test = [(x, v) for x, v in zip(sizes, test.get(label, []), strict=False) if v is not None]
+        if on_test:
+            ax.plot(*zip(*on_test, strict=True), linestyle="none", marker="o", markerfacecolor="none", color=color,
+                    label=f"{label} (test)")
+    ax.axhline(bar, color="tab:red", linestyle="--", linewidth=1, label=f"{bar:g}-point bar")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{x}\n(all)" if x == all_size else str(x) for x in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled training queries")
+    ax.set_ylabel("gain (points)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def plot_before_after(metrics: dict[str, dict[str, float]], ci95: dict[str, dict[str, list[float]]],
                       names: list[str], path: Path, title: str) -> Path:
     """Grouped bars per metric, one bar per system, with 95% bootstrap CI error bars: overlapping bars are only a

@@ -13,11 +13,13 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from domain_embed.context import RunContext
+from domain_embed.data.domain import nested_sample
+from domain_embed.errors import ConfigError
 from domain_embed.report.plots import plot_score_distributions
 from domain_embed.retrieval.embed import Embedder
 from domain_embed.rundir import atomic_write_json, read_json
 from domain_embed.stages.base import Stage, register
-from domain_embed.stages.mine import mined_queries
+from domain_embed.stages.mine import mined_queries, mined_splits
 from domain_embed.tuning.mining import MinedQuery, MiningResult
 from domain_embed.tuning.triplets import build_rows, leak_free_split, mnrl_view, to_dataset, triplet_view
 
@@ -25,8 +27,24 @@ DEV_FRACTION = 0.1  # used only when the data has no dev split to mine
 
 
 def _inputs(ctx: RunContext) -> dict:
-    return {"mine": ctx.run_dir.manifest("mine")["key"], "num_negatives": ctx.cfg.training.num_negatives,
-            "min_triplets": ctx.cfg.mining.min_triplets, "dev_split": ctx.cfg.mining.dev_split}
+    inputs = {"mine": ctx.run_dir.manifest("mine")["key"], "num_negatives": ctx.cfg.training.num_negatives,
+              "min_triplets": ctx.cfg.mining.min_triplets, "dev_split": ctx.cfg.mining.dev_split}
+    if ctx.cfg.data.max_train_queries is not None:  # only when set: a run on all queries keeps its key
+        inputs["max_train_queries"] = ctx.cfg.data.max_train_queries
+    return inputs
+
+
+def training_queries(ctx: RunContext) -> set[str] | None:
+    """The labelled training queries fine-tuning may learn from (`data.max_train_queries`, a nested seeded sample of
+    the mined splits' queries other than the dev split), or None for all. The mine stage mines every query, so the
+    jobs of a label-budget sweep share it and differ from here on."""
+    n = ctx.cfg.data.max_train_queries
+    if n is None:
+        return None
+    if n < 1:
+        raise ConfigError(f"data.max_train_queries must be >= 1 (or null for all), got {n}")
+    labelled = {q for s in mined_splits(ctx) if s != ctx.cfg.mining.dev_split for q in ctx.data.qrels[s]}
+    return set(nested_sample(list(labelled), n, ctx.cfg.seed))
 
 
 def triplet_data(ctx: RunContext, result: MiningResult, embedder: Embedder) -> tuple[DatasetDict, dict]:
@@ -39,6 +57,10 @@ def triplet_data(ctx: RunContext, result: MiningResult, embedder: Embedder) -> t
     rows = build_rows(result, ctx.data.queries, query_emb, {q: i for i, q in enumerate(query_ids)}, window_emb,
                       windows.parents, window_texts, ctx.data.corpus_ids)
     train, dev, split_stats = leak_free_split(rows, ctx.cfg.mining.dev_split, DEV_FRACTION, ctx.cfg.seed)
+    if (sample := training_queries(ctx)) is not None:  # after the split: the dev rows are the same at every size
+        train = [r for r in train if r["query_id"] in sample]
+        split_stats.update(train_rows=len(train), max_train_queries=ctx.cfg.data.max_train_queries,
+                           train_queries_sampled=len(sample))
     return DatasetDict({"train": to_dataset(train), "dev": to_dataset(dev)}), split_stats
 
 
