@@ -132,11 +132,14 @@ class RerankerTrainResult:
 
 
 def eval_steps(cfg: RerankConfig, n_rows: int) -> int:
-    """Steps between dev evaluations (and checkpoints): `cfg.evaluations` of them in the run, whatever its length
-    (each rank steps through its share of the rows, `train_batch_size` at a time)."""
+    """Steps between dev evaluations (and checkpoints): `cfg.evaluations` of them in the run, whatever its length.
+    Each rank of a launch steps through its share of the rows `train_batch_size` at a time, its last incomplete batch
+    dropped (as sentence-transformers sets under DDP)."""
     if cfg.evaluations < 1:
         raise ConfigError(f"rerank.evaluations must be >= 1, got {cfg.evaluations}")
-    per_epoch = math.ceil(math.ceil(n_rows / distributed.world_size()) / cfg.train_batch_size)
+    world = distributed.world_size()
+    share = math.ceil(n_rows / world)
+    per_epoch = share // cfg.train_batch_size if world > 1 else math.ceil(share / cfg.train_batch_size)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
     return max(1, total // cfg.evaluations)
 
