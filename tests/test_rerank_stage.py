@@ -172,12 +172,18 @@ def test_the_reranker_starts_from_a_pretrained_cross_encoder_or_the_tuned_model(
     assert log["init"] == log["base_model"] == str(tiny_cross_encoder) and log["global_step"] > 0
     assert "rerank(bm25)" in report["metrics"] and report["rerank"]["reranker"]["init"] == str(tiny_cross_encoder)
     inputs = read_json(run / "reranker" / "manifest.json")["inputs"]
-    assert set(inputs["lists"]) == {"baseline"} and "finetune" not in inputs  # BM25's lists: the baseline's key
+    assert "finetune" not in inputs["lists"] and "finetune" not in inputs  # BM25's lists: not the tuned model's
     _run(run, *args, "rerank.init=tuned")
     log = json.loads((run / "reranker" / "train_log.json").read_text())
     assert log["base_model"] == str(run / "finetune" / "model")
     assert read_json(run / "reranker" / "manifest.json")["inputs"]["finetune"] == read_json(
         run / "finetune" / "manifest.json")["key"]
+    # hybrid_tuned's lists depend on the tuned model, not on the evaluate stage's report-only settings
+    _run(run, *args, "rerank.init=tuned", "rerank.lists_from=hybrid_tuned")
+    lists = read_json(run / "reranker" / "manifest.json")["inputs"]["lists"]
+    assert lists["finetune"] == read_json(run / "finetune" / "manifest.json")["key"]
+    assert _run(run, *args, "rerank.init=tuned", "rerank.lists_from=hybrid_tuned",
+                "eval.formats.enabled=false")["run"]["ran_now"] == ["evaluate", "rerank"]
 
 
 def test_a_first_stage_ranks_any_queries_as_its_stage_ranked_them(upstream, tmp_path):

@@ -5,6 +5,8 @@ again, and a hybrid is fused with the setting its stage chose on dev (its metric
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from domain_embed.context import RunContext
@@ -28,6 +30,19 @@ def source_stage(system: str) -> str:
     if system not in FIRST_STAGES:
         raise ConfigError(f"rerank.lists_from={system!r}: expected one of {sorted(FIRST_STAGES)}")
     return FIRST_STAGES[system][0]
+
+
+def lists_key(ctx: RunContext, system: str) -> dict:
+    """What `system`'s rankings depend on: the data, base model and BM25/hybrid settings (the baseline stage's key),
+    the tuned model where it ranks (the finetune stage's key), and the eval settings that shape a ranking (search;
+    the primary metric the hybrid's fusion is chosen by). Not the evaluate stage's whole key, whose report-only
+    settings (formats, bars, bootstrap) would retrain a reranker for nothing."""
+    e = ctx.cfg.eval
+    key = {"baseline": ctx.run_dir.manifest("baseline")["key"], "search": dataclasses.asdict(e.search),
+           "primary_metric": e.primary_metric}
+    if source_stage(system) == "evaluate":
+        key["finetune"] = ctx.run_dir.manifest("finetune")["key"]
+    return key
 
 
 def _dense(ctx: RunContext, model: str, queries: list[str], depth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,10 +3,10 @@
 With `rerank.model` unset it is trained on the lists its first stage (`rerank.lists_from`) gives the train queries,
 starting from `rerank.init` (the base model, the run's tuned model, or a cross-encoder); with `rerank.model` given it
 is that model, used as it is, and the stage only records it (in its manifest). Its inputs are what the weights depend
-on (the first stage's stage key, the base model, the tuned model when it starts from it, the rerank training keys,
-seed, precision, device), not how `rerank` uses them (`SCORING_ONLY`): the jobs of a sweep whose reranker inputs agree
-(e.g. lists from BM25, jobs that vary the bi-encoder's training) share one reranker (pipeline.SHARED_STAGES). Under a
-launcher every rank trains it (the HF Trainer runs DDP) and rank 0 writes.
+on (what the first stage's rankings depend on, the base model, the tuned model when it starts from it, the rerank
+training keys, seed, precision, device), not how `rerank` uses them (`SCORING_ONLY`): the jobs of a sweep whose
+reranker inputs agree (e.g. lists from BM25, jobs that vary the bi-encoder's training) share one reranker
+(pipeline.SHARED_STAGES). Under a launcher every rank trains it (the HF Trainer runs DDP) and rank 0 writes.
 
 Writes reranker/model (a standard CrossEncoder directory with its card), reranker/dataset (its training lists) and
 reranker/train_log.json. Checkpoints live in <run_dir>/checkpoints/reranker-<key> (<shared_dir>/checkpoints/... in a
@@ -58,8 +58,7 @@ def _inputs(ctx: RunContext) -> dict:
     if why := not_run(ctx):
         return {"not_run": why}
     training = {k: v for k, v in dataclasses.asdict(r).items() if k not in SCORING_ONLY + _HOW}
-    source = first_stage.source_stage(r.lists_from)
-    inputs = {"lists": {source: ctx.run_dir.manifest(source)["key"]}, "base_model": ctx.embedder.fingerprint,
+    inputs = {"lists": first_stage.lists_key(ctx, r.lists_from), "base_model": ctx.embedder.fingerprint,
               "rerank": training, "seed": ctx.cfg.seed, "precision": ctx.cfg.training.precision,
               "device": ctx.cfg.device}
     if r.init == "tuned":
