@@ -12,6 +12,7 @@ import numpy as np
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.retrieval.bm25 import BM25Index
+from domain_embed.retrieval.evaluate import hybrid_skipped
 from domain_embed.retrieval.fusion import Fusion, fuse
 from domain_embed.retrieval.search import search_documents, windows_by_doc
 from domain_embed.rundir import read_json
@@ -30,6 +31,14 @@ def source_stage(system: str) -> str:
     if system not in FIRST_STAGES:
         raise ConfigError(f"rerank.lists_from={system!r}: expected one of {sorted(FIRST_STAGES)}")
     return FIRST_STAGES[system][0]
+
+
+def lists_source(ctx: RunContext, system: str) -> str:
+    """`system`, or where it is a hybrid this run does not score (`eval.hybrid.enabled=false`, BM25 off, no dev split
+    to choose its fusion on), its dense side: the lists the run has."""
+    if system.startswith("hybrid_") and hybrid_skipped(ctx.cfg.eval, ctx.data) is not None:
+        return FIRST_STAGES[system][1]
+    return system
 
 
 def lists_key(ctx: RunContext, system: str) -> dict:

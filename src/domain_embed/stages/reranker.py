@@ -58,7 +58,8 @@ def _inputs(ctx: RunContext) -> dict:
     if why := not_run(ctx):
         return {"not_run": why}
     training = {k: v for k, v in dataclasses.asdict(r).items() if k not in SCORING_ONLY + _HOW}
-    inputs = {"lists": first_stage.lists_key(ctx, r.lists_from), "base_model": ctx.embedder.fingerprint,
+    source = first_stage.lists_source(ctx, r.lists_from)
+    inputs = {"lists": {"from": source, **first_stage.lists_key(ctx, source)}, "base_model": ctx.embedder.fingerprint,
               "rerank": training, "seed": ctx.cfg.seed, "precision": ctx.cfg.training.precision,
               "device": ctx.cfg.device}
     if r.init == "tuned":
@@ -89,7 +90,7 @@ def train_lists(ctx: RunContext):
     qids, texts, qrels = data.split(TRAIN_SPLIT)
     rows = sample_queries(qids, r.max_train_queries, ctx.cfg.seed)
     qids, texts = [qids[i] for i in rows], [texts[i] for i in rows]
-    ranked, _ = first_stage.rank(ctx, r.lists_from, texts, r.list_depth)
+    ranked, _ = first_stage.rank(ctx, first_stage.lists_source(ctx, r.lists_from), texts, r.list_depth)
     return training_lists(qids, texts, ranked, data.corpus_ids, labelled_positives({TRAIN_SPLIT: qrels}),
                           labelled_positives(data.qrels), r.num_negatives, first_stage.window_text(ctx, texts),
                           seed=ctx.cfg.seed)
@@ -100,8 +101,9 @@ def _dev(ctx: RunContext) -> list[dict]:
     deep."""
     r, data = ctx.cfg.rerank, ctx.data
     qids, texts, qrels = data.split(DEV_SPLIT)
-    folder = split_dir(ctx.run_dir.stage_dir(first_stage.source_stage(r.lists_from)), DEV_SPLIT, ctx)
-    ranked = np.load(folder / ranking_file(r.lists_from))["indices"][:, :r.list_depth]
+    source = first_stage.lists_source(ctx, r.lists_from)
+    folder = split_dir(ctx.run_dir.stage_dir(first_stage.source_stage(source)), DEV_SPLIT, ctx)
+    ranked = np.load(folder / ranking_file(source))["indices"][:, :r.list_depth]
     rows = sample_queries(qids, r.dev_eval_queries, ctx.cfg.seed)
     position = {d: i for i, d in enumerate(data.corpus_ids)}
     positives = [[position[d] for d in sorted(qrels[qids[i]]) if qrels[qids[i]][d] > 0 and d in position]
@@ -130,11 +132,12 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
         return
     lists.save_to_disk(str(out / "dataset"))
     evals = [h for h in result.log_history if "eval_dev_ndcg@10" in h]
-    table = (f"| step | dev nDCG@10 (`{r.lists_from}`'s top {r.list_depth}) |\n|---|---|\n"
+    source = first_stage.lists_source(ctx, r.lists_from)
+    table = (f"| step | dev nDCG@10 (`{source}`'s top {r.list_depth}) |\n|---|---|\n"
              + "\n".join(f"| {h['step']} | {h['eval_dev_ndcg@10']:.4f} |" for h in evals)) if evals else "(no dev set)"
     save_model(model, out / "model", {"metrics_table": table, "training_config": dataclasses.asdict(r)})
     atomic_write_json(out / "train_log.json", {**dataclasses.asdict(result), "base_model": start, "init": r.init,
-                                               "loss": str(r.loss), "lists_from": r.lists_from,
+                                               "loss": str(r.loss), "lists_from": source,
                                                "list_depth": r.list_depth, "learning_rate": r.learning_rate,
                                                "rows": stats, "dev_queries": len(dev)})
     if not r.keep_checkpoints:
