@@ -44,8 +44,9 @@ def test_the_cpu_budget_keeps_every_query_and_passage_and_a_reranker_it_can_affo
     assert cfg.budget.max_queries is None and cfg.budget.max_corpus is None  # the full data, unlike smoke
     assert "rerank" in cfg.stages and cfg.rerank.first_stages == ["hybrid_tuned"]
     assert max(cfg.rerank.depths) <= 20 and cfg.rerank.max_train_queries is not None
-    mined = cfg.mining.num_negatives
-    assert cfg.training.num_negatives <= mined and cfg.rerank.num_negatives <= mined
+    assert cfg.training.num_negatives <= cfg.mining.num_negatives
+    # the reranker's lists: as deep as the depths it reorders, its negatives from them
+    assert max(cfg.rerank.depths) <= cfg.rerank.list_depth and 8 <= cfg.rerank.num_negatives < cfg.rerank.list_depth
 
 
 def _model(*overrides: str):

@@ -333,29 +333,44 @@ class CompareConfig:
     client: ServedClientConfig = field(default_factory=ServedClientConfig)
 
 
+class RerankLoss(StrEnum):
+    lambdaloss = "lambdaloss"  # LambdaLoss, NDCG-Loss2++ weighting cut at 10: listwise, aimed at nDCG@10
+    listnet = "listnet"  # ListNet: listwise, softmax cross-entropy over each list
+    bce = "bce"  # pointwise BinaryCrossEntropyLoss on the lists' pairs (positives weighted by negatives per positive)
+
+
 @dataclass
 class RerankConfig:
     """Stages `reranker` (the cross-encoder, trained or given) and `rerank`: it re-scores each first stage's top
-    documents. Which first stage and how deep are chosen on the dev split by `eval.primary_metric`, never on the
-    evaluated split. `depths`, `first_stages` and `latency_queries` are how `rerank` uses it: they never retrain it."""
+    documents and mixes its score with the first stage's. Which first stage, how deep and with what weight are chosen
+    on the dev split by `eval.primary_metric`, never on the evaluated split. `depths`, `weights`, `first_stages` and
+    `latency_queries` are how `rerank` uses it: they never retrain it."""
 
     model: str | None = None  # a cross-encoder (path or hub id) used as it is; None: train one in the run
     depths: list[int] = field(default_factory=lambda: [20, 50, 100])  # candidates re-scored per query, tried on dev
+    # the cross-encoder's share of the final score (per-query min-max of both scores), tried on dev with each depth;
+    # 0 (the first stage alone) is always tried, 1 is the cross-encoder alone
+    weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     first_stages: list[str] = field(default_factory=lambda: ["bm25", "tuned", "hybrid_tuned"])
     max_length: int = 256  # tokens of (query, document window) together
     batch_size: int = 64  # pairs scored per forward pass
     latency_queries: int = 20  # queries re-ranked one at a time to measure ms per query
-    # training (model=None): BinaryCrossEntropyLoss on the triplets stage's train rows (positive 1, mined negatives 0)
-    num_negatives: int = 5  # mined negatives per (query, positive) pair (at most mining.num_negatives)
+    # training (model=None): lists of the first stage `lists_from` (its top `list_depth` for each train query; the
+    # dev check reads the same first stage's dev lists), labelled from the qrels
+    lists_from: str = "hybrid_tuned"  # a first stage: bm25, baseline, tuned, hybrid_base or hybrid_tuned
+    list_depth: int = 100  # N: a training list is drawn from the top N (at least the largest of `depths`)
+    num_negatives: int = 15  # per training query, sampled (seeded) from its top N less its labelled positives
+    init: str = "base"  # where the weights start: base | tuned (the run's fine-tuned model) | a cross-encoder's path
+    loss: RerankLoss = RerankLoss.lambdaloss
     max_train_queries: int | None = None  # a seeded sample of the training queries; None: all
     epochs: float = 1.0
     max_steps: int = -1
-    learning_rate: float = 2e-5
-    train_batch_size: int = 32
+    learning_rate: float = 1e-4
+    train_batch_size: int = 16  # lists per step and rank (pairs under `loss=bce`)
     warmup: float = 0.1  # fraction of steps
-    eval_steps: int = 200  # dev evaluation (and checkpoint) every this many steps
+    evaluations: int = 4  # dev evaluations (and checkpoints) in a run, evenly spaced, whatever its length
     save_total_limit: int = 2
-    dev_eval_queries: int = 100  # dev queries (positives and mined negatives) ranked during training
+    dev_eval_queries: int = 100  # dev queries whose first-stage lists are reranked at each evaluation
     resume: bool = False  # continue from the last checkpoint after a kill
     keep_checkpoints: bool = False
 

@@ -209,24 +209,33 @@ def _rerank(r: dict) -> str:
     if m["source"] == "trained":
         rows = m["rows"]
         where = "once for this sweep's jobs" if m.get("shared") else "in this run"
-        made = (f"Cross-encoder trained {where} from `{m['base_model']}` (a fresh one-logit head) on "
-                f"{rows['rows']} (query, document) pairs of {rows['queries']} train queries ({rows['positives']} "
-                f"positives, {rows['negatives']} mined negatives; {rows['dropped_labelled_positive']} labelled "
-                f"positives dropped as negatives), {m['global_step']} steps; best dev nDCG@10 among mined negatives "
-                f"{_or_dash(m['best_dev_ndcg10'], '.4f')} ({m['dev_queries']} dev queries); saved to `{m['path']}`.")
+        made = (f"Cross-encoder trained {where} from `{m['base_model']}` (`rerank.init={m['init']}`, loss "
+                f"{m['loss']}, lr {m['learning_rate']:g}) on the lists `{m['lists_from']}` gives "
+                f"{rows['queries']} train queries (its top {m['list_depth']}: {rows['pairs']} pairs, "
+                f"{rows['positives']} positives, {rows['negatives']} negatives; {rows['labelled_in_lists']} labelled "
+                f"positives taken out of the lists), {m['global_step']} steps; best dev nDCG@10 over "
+                f"`{m['lists_from']}`'s dev lists {_or_dash(m['best_dev_ndcg10'], '.4f')} ({m['dev_queries']} dev "
+                f"queries, evaluated every {m['eval_steps']} steps); saved to `{m['path']}`.")
     else:
         made = f"The given cross-encoder `{m['path']}` (`rerank.model`), used as it is."
-    grid = table(["first stage", "depth", f"dev {r['metric']}", "first stage alone", "chosen"],
-                 [[g["first_stage"], str(g["depth"]), f"{g['value']:.4f}", f"{g['first_stage_value']:.4f}",
-                   "yes" if r["depths"][g["first_stage"]] == g["depth"] else ""] for g in r["grid"]])
+    chosen = r["depths"]
+    grid = table(["first stage", "depth", "reranker weight", f"dev {r['metric']}", "first stage alone", "chosen"],
+                 [[g["first_stage"], str(g["depth"]), f"{g['weight']:g}", f"{g['value']:.4f}",
+                   f"{g['first_stage_value']:.4f}",
+                   "yes" if (chosen[g["first_stage"]], r["weights"][g["first_stage"]]) == (g["depth"], g["weight"])
+                   else ""] for g in r["grid"]])
+    verdicts = " ".join(f"`rerank({f})`: weight {w:g} won on dev" + (
+        f" at depth {chosen[f]}." if w > 0 else f", the reranker does not help on dev (`rerank({f})` is `{f}`).")
+        for f, w in r["weights"].items())
     skipped = "".join(f" `{f}` not reranked: {why}." for f, why in r["not_reranked"].items())
     pps = _or_dash(lat["pairs_per_second"], ",.1f")
     ms = _or_dash(lat["ms_per_query"], ",.1f")
     together = f" ({lat['ranks']} ranks together)" if lat.get("ranks", 1) > 1 else ""
-    return (f"{made}\n\nEach first stage's top documents re-scored (long documents by their best window); the depth "
-            f"of each, and the best reranked system (**`{r['best']}`**), chosen on the {r['split']} split by "
-            f"{r['metric']}; the evaluated split was scored once, each first stage at its chosen depth.{skipped}\n\n"
-            f"{grid}\n\n**Cost:** {lat['pairs_scored']:,} pairs scored in {lat['seconds']:.1f} s, "
+    return (f"{made}\n\nEach first stage's top documents re-scored (long documents by their best window) and mixed "
+            f"with the first stage's score (per-query min-max; weight 0 is the first stage alone); the depth and "
+            f"weight of each, and the best reranked system (**`{r['best']}`**), chosen on the {r['split']} split by "
+            f"{r['metric']}; the evaluated split was scored once, each first stage at its choice. {verdicts}{skipped}"
+            f"\n\n{grid}\n\n**Cost:** {lat['pairs_scored']:,} pairs scored in {lat['seconds']:.1f} s, "
             f"{pps} pairs/s{together}; "
             f"{ms} ms per query at depth {lat['depth']} over `{lat['first_stage']}` (median of "
             f"{lat['latency_queries']} dev queries, one at a time), on {lat['machine']}.")

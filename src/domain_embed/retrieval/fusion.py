@@ -28,7 +28,7 @@ def _rrf(indices: np.ndarray, rrf_k: int) -> np.ndarray:
     return np.where(indices >= 0, 1.0 / (rrf_k + ranks), 0.0)
 
 
-def _min_max(indices: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def min_max(indices: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Scores mapped to [0, 1] per query over its valid entries; a list whose scores are all equal separates
     nothing (e.g. BM25 for a query with no indexed word) and contributes 0."""
     valid = indices >= 0
@@ -48,8 +48,8 @@ def fuse(dense: tuple[np.ndarray, np.ndarray], sparse: tuple[np.ndarray, np.ndar
     if fusion.method == "rrf":
         d_part, s_part = _rrf(d_idx, fusion.rrf_k), _rrf(s_idx, fusion.rrf_k)
     elif fusion.method == "convex":
-        d_part = fusion.alpha * _min_max(d_idx, d_scores)
-        s_part = (1.0 - fusion.alpha) * _min_max(s_idx, s_scores)
+        d_part = fusion.alpha * min_max(d_idx, d_scores)
+        s_part = (1.0 - fusion.alpha) * min_max(s_idx, s_scores)
     else:
         raise ValueError(f"unknown fusion method {fusion.method!r} (rrf | convex)")
     docs = np.concatenate([d_idx, s_idx], axis=1).astype(np.int64)

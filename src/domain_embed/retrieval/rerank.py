@@ -1,8 +1,9 @@
 """Second-stage reranking: a cross-encoder re-scores a first stage's top `depth` documents per query.
 
-Scores are raw logits (a sigmoid would tie confident pairs at 1.0). Each (query, document) pair is scored once, however
-many first stages and depths ask for it, by the ranks of a launch together, and the time spent scoring is kept, so the
-report can give pairs per second as measured on the machine that ran it.
+Scores are raw logits (a sigmoid would tie confident pairs at 1.0), mixed with the first stage's where asked. Each
+(query, document) pair is scored once, however many first stages, depths and weights ask for it, by the ranks of a
+launch together, and the time spent scoring is kept, so the report can give pairs per second as measured on the
+machine that ran it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from domain_embed import distributed
+from domain_embed.retrieval.fusion import min_max
 
 Pair = tuple[int, int]  # (query row, document position)
 
@@ -61,18 +63,32 @@ def candidates(indices: np.ndarray, depth: int, rows: Iterable[int] | None = Non
     return [(q, int(d)) for q in rows for d in indices[q, :depth] if d >= 0]
 
 
-def rerank(indices: np.ndarray, scores: dict[Pair, float], depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """A ranking shaped like the first stage's: each row's first `depth` documents ordered by `scores` (the first
-    stage's order breaks ties), then the rest in the first stage's order. Scores are the reranker's logits for the
-    re-scored documents and -inf below them (so recall at k beyond `depth` is the first stage's)."""
+def rerank(indices: np.ndarray, scores: dict[Pair, float], depth: int, first_scores: np.ndarray | None = None,
+           weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A ranking shaped like the first stage's: each row's first `depth` documents ordered by their mixed score (the
+    first stage's order breaks ties), then the rest in the first stage's order. The mixed score is `weight` x the
+    reranker's score + (1 - weight) x the first stage's (`first_scores`, shaped like `indices`), each min-max
+    normalised over the row's re-scored documents; at weight 1 it is the reranker's raw logit (the cross-encoder
+    alone). Below `depth` the scores are -inf (so recall at k beyond `depth` is the first stage's). At weight 0 it is
+    the first stage, its ranking and scores as they are (no pair needs a score)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the reranker's weight must be in [0, 1], got {weight}")
+    if weight == 0:
+        return indices.copy(), np.asarray(first_scores, dtype=np.float32).copy()
+    head = indices[:, :depth]
+    mixed = np.zeros(head.shape, dtype=np.float64)
+    if weight > 0:
+        ce = np.array([[scores[(q, int(d))] if d >= 0 else 0.0 for d in row] for q, row in enumerate(head)],
+                      dtype=np.float64).reshape(head.shape)
+        mixed += ce if weight == 1 else weight * min_max(head, ce)
+    if weight < 1:
+        mixed += (1.0 - weight) * min_max(head, first_scores[:, :depth])
+    mixed = np.where(head >= 0, mixed, -np.inf)
+    order = np.argsort(-mixed, axis=1, kind="stable")
     out_idx = indices.copy()
+    out_idx[:, :depth] = np.take_along_axis(head, order, axis=1)
     out_scores = np.full(indices.shape, -np.inf, dtype=np.float32)
-    for q in range(len(indices)):
-        head = [int(d) for d in indices[q, :depth] if d >= 0]
-        values = np.array([scores[(q, d)] for d in head], dtype=np.float64)
-        order = np.argsort(-values, kind="stable")
-        out_idx[q, :len(head)] = np.asarray(head, dtype=indices.dtype)[order]
-        out_scores[q, :len(head)] = values[order]
+    out_scores[:, :depth] = np.take_along_axis(mixed, order, axis=1)
     return out_idx, out_scores
 
 
