@@ -19,7 +19,7 @@ from pathlib import Path
 from datasets import DatasetDict
 from sentence_transformers import CrossEncoder
 
-from domain_embed import distributed
+from domain_embed import devices, distributed
 from domain_embed.context import RunContext
 from domain_embed.errors import ModelLoadError
 from domain_embed.retrieval.evaluate import DEV_SPLIT
@@ -57,7 +57,7 @@ def _inputs(ctx: RunContext) -> dict:
 
 
 def _device(ctx: RunContext) -> str | None:
-    return None if ctx.cfg.device == "auto" else ctx.cfg.device
+    return devices.placement(ctx.cfg.device)
 
 
 def _checkpoints(ctx: RunContext) -> Path:
