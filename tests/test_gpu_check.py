@@ -177,17 +177,22 @@ def test_training_is_timed_after_the_warm_up_and_before_the_final_save(tiny_mode
     assert saves and saves[-1] >= timer.ended  # the final checkpoint comes after the timed steps
 
 
-def test_training_check_alternates_precisions(tiny_model, tiny_beir, monkeypatch, tmp_path):
+def _trained_configs(monkeypatch, *fields: str) -> list[tuple]:
+    """Records `fields` of the TrainingConfig of every `train_model` call (it still trains)."""
     import domain_embed.tuning.trainer as trainer
 
-    precisions = []
-    original = trainer.train_model
+    seen, original = [], trainer.train_model
 
     def train_model(model, dataset, dev, cfg, *args, **kwargs):
-        precisions.append((cfg.precision, cfg.max_steps))
+        seen.append(tuple(getattr(cfg, f) for f in fields))
         return original(model, dataset, dev, cfg, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "train_model", train_model)
+    return seen
+
+
+def test_training_check_alternates_precisions(tiny_model, tiny_beir, monkeypatch, tmp_path):
+    precisions = _trained_configs(monkeypatch, "precision", "max_steps")
     rows = training.check_training(_ctx(tiny_model, tiny_beir, profile=tmp_path))
     q = context.QUICK
     timed, profiled = q.warmup_steps + q.steps, q.warmup_steps + q.profiled_steps
@@ -283,17 +288,9 @@ def test_the_compile_rows_train_and_encode_through_torch_compile(tiny_model, tin
     here; tests/tuning/test_trainer.py compiles for real."""
     import torch
 
-    import domain_embed.tuning.trainer as trainer
-
-    compiled, configs = [], []
+    compiled = []
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: compiled.append(type(model).__name__) or model)
-    original = trainer.train_model
-
-    def train_model(model, dataset, dev, cfg, *args, **kwargs):
-        configs.append((cfg.precision, cfg.torch_compile))
-        return original(model, dataset, dev, cfg, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "train_model", train_model)
+    configs = _trained_configs(monkeypatch, "precision", "torch_compile")
     rows = checks.check_compiled(_ctx(tiny_model, tiny_beir, compile_rows=True))
     assert configs == [("bf16", True)]
     assert compiled == ["SentenceTransformer", "SentenceTransformer"]  # the trainer's model, then the Embedder's
