@@ -531,3 +531,21 @@ def test_ranks_whose_clocks_disagree_save_together_and_finish(tiny_model, tmp_pa
     # the end only: rank 0's clock never passed 10 minutes, so rank 1's did not count (with save_total_limit=2, a
     # save at every step would leave checkpoint-3 beside checkpoint-4)
     assert ranks[0]["saved"] == ["checkpoint-4"]
+
+
+def test_the_tf32_calls_of_transformers_then_ours_in_a_fresh_process():
+    """The exact sequence of a compiled run on an Ampere GPU, in a process where nothing read the precision before:
+    transformers' enable_tf32(True) (the new API), then our block around training. dce259c's block read the legacy
+    API there and raised "mix of the legacy and new APIs" (torch 2.13, on CPU too)."""
+    code = textwrap.dedent("""
+        import torch
+        from transformers.utils.import_utils import enable_tf32
+        from domain_embed import devices
+        enable_tf32(True)
+        with devices.tf32_matmuls(True):
+            pass
+        print(torch.backends.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["tf32", "tf32"]  # what transformers set before the block is left as it was
