@@ -15,40 +15,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import tempfile
 from itertools import count
 from pathlib import Path
 
 from benchlib import Side, alternate, machine, report
 
+from domain_embed.gpu_check.data import obliqa_triplets
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LR, WARMUP, WEIGHT_DECAY, SEED, LOGGING_STEPS, SAVE_TOTAL_LIMIT = 2e-5, 0.1, 0.01, 42, 10, 2
 SAVE_STEPS = 10**9  # no checkpoint on the way: both sides write the one at the end
-
-
-def obliqa_triplets(path: str, n: int, seed: int):
-    """(query, positive, random other passage) from the train qrels: realistic texts and lengths."""
-    from datasets import Dataset
-
-    from domain_embed.config import DataConfig
-    from domain_embed.data.loader import load_domain_data
-
-    data = load_domain_data(DataConfig(path=path))
-    documents = data.documents()
-    pairs = sorted((q, d) for q, rel in data.qrels["train"].items() for d, s in rel.items() if s > 0)
-    rng = random.Random(seed)
-    rng.shuffle(pairs)
-    rows = {"anchor": [], "positive": [], "negative_1": []}
-    for qid, did in pairs[:n]:
-        negative = rng.randrange(len(documents))
-        while data.corpus_ids[negative] in data.qrels["train"][qid]:
-            negative = rng.randrange(len(documents))
-        rows["anchor"].append(data.queries[qid])
-        rows["positive"].append(documents[data.doc_index(did)])
-        rows["negative_1"].append(documents[negative])
-    return Dataset.from_dict(rows)
 
 
 def load_model(max_seq_length: int):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one prepared script of a GPU session: install the offline bundle, then the GPU check at full sizes (its last
-# row the whole ObliQA pipeline with the default recipe, stage by stage), printed as one table against the aims of
-# one H200 (scripts/gpu_check.py, AIMS). The checkout's own src/ is used, whatever package wheel the bundle holds.
+# The one prepared script of a GPU session: install the offline bundle, then the GPU check at full sizes (rows for
+# training.torch_compile=true and an eval.compile=true encode beside the eager ones; its last row the whole ObliQA
+# pipeline with the default recipe, stage by stage), printed as one table against the aims of one H200
+# (domain_embed/gpu_check/report.py, AIMS). The checkout's own src/ is used, whatever package wheel the bundle holds.
 #
 #   1. here, with PyPI reachable:  bash scripts/gpu_run.sh --prepare [BUNDLE]
 #        builds BUNDLE (default .gpu-bundle, git-ignored; about 55 MiB) for the GPU box whose `pip freeze` is
@@ -10,7 +11,9 @@
 #   2. on the GPU box, one call:   bash scripts/gpu_run.sh [BUNDLE] [gpu_check options]
 #        with the device tool: run(command="bash scripts/gpu_run.sh", carry=[".gpu-bundle"], timeout_s=600)
 #        writes gpu_check.json (the rows), gpu_check.log (everything printed) and the profiler traces
-#        (encode_trace.json.gz, train_trace.json.gz) to $OUT (default ./gpu-run-out). About 6 minutes on one H200.
+#        (encode_trace.json.gz, train_trace.json.gz) to $OUT (default ./gpu-run-out). About 6 minutes on one H200
+#        before the compile rows were added; they add the compiling (not yet run on a GPU: `--compile off` leaves
+#        them out if the call's limit is near)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)

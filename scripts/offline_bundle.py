@@ -37,8 +37,8 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 NEVER_CARRIED = {"torch"}  # the target's own (CUDA) build; a bundle that replaced it would break the GPU
-# the check runs from the bundle alone: gpu_check and the scripts it imports
-CHECK_SCRIPTS = ("gpu_check.py", "gpu_check.sh", "bench_train.py", "benchlib.py")
+# the check runs from the bundle alone: gpu_check, a command over the package (domain_embed.gpu_check)
+CHECK_SCRIPTS = ("gpu_check.py", "gpu_check.sh")
 MAX_CANDIDATES = 8  # older releases tried when the newest needs a version the target does not have
 _MANYLINUX = re.compile(r"^manylinux_2_(\d+)_(\w+)$")
 _LEGACY = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from domain_embed import distributed
+
 
 def bf16_native() -> bool:
     """bf16 in hardware (Ampere and newer). `torch.cuda.is_bf16_supported()` alone also counts emulation,
@@ -31,18 +33,34 @@ def tf32_native() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
+def _precision_switches() -> tuple[str, object, list]:
+    """(attribute, its TF32 value, the objects holding it: the generic one first, its children after) of torch's
+    fp32 precision switches. torch >= 2.9 has the new `fp32_precision` API, which transformers uses; once it is set,
+    reading the legacy one (`get_float32_matmul_precision`, `allow_tf32`) raises "mix of the legacy and new APIs"."""
+    b = torch.backends
+    if hasattr(b, "fp32_precision"):
+        return "fp32_precision", "tf32", [b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn, b.mkldnn,
+                                          b.mkldnn.matmul, b.mkldnn.conv, b.mkldnn.rnn]
+    return "allow_tf32", True, [b.cuda.matmul, b.cudnn]
+
+
 @contextmanager
 def tf32_matmuls(enabled: bool) -> Iterator[None]:
-    """TF32 for the fp32 matmuls inside the block only (training), so that encoding before and after it in the same
-    process gives the same vectors as in a fresh one. Not through TrainingArguments(tf32=True), which switches it on
-    for the whole process."""
-    saved = torch.get_float32_matmul_precision()
+    """TF32 for the fp32 CUDA matmuls inside the block only (training), so that encoding before and after it in the
+    same process gives the same vectors as in a fresh one. Every precision switch is put back on the way out, also
+    the ones set inside the block by others: building TrainingArguments with torch_compile turns TF32 on for the
+    whole process (transformers' `enable_tf32`). Only switches that changed are written, so a block that changed
+    nothing leaves a legacy-API user's settings readable."""
+    name, tf32, holders = _precision_switches()
+    saved = [(holder, getattr(holder, name)) for holder in holders]
     if enabled:
-        torch.set_float32_matmul_precision("high")
+        setattr(torch.backends.cuda.matmul, name, tf32)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(saved)
+        for holder, value in saved:  # the generic switch first: setting it resets its children
+            if getattr(holder, name) != value:
+                setattr(holder, name, value)
 
 
 def loader_workers(on_cuda: bool) -> int:
@@ -56,9 +74,28 @@ def loader_workers(on_cuda: bool) -> int:
     return max(0, min(4, per_rank - 1))
 
 
+def recompute_activations(on_cuda: bool) -> bool:
+    """Gradient checkpointing whatever `training.gradient_checkpointing` says, on CPU: the default recipe (MiniLM,
+    batch 32, three negatives, 256 tokens) otherwise holds 5-15 GB of activations per step there, and with it
+    under 6 GB (scripts/bench_train_memory.py). The layers' forward runs again in the backward pass with the same
+    dropout masks (the RNG state is kept), so the losses and weights are those of a run that keeps its activations,
+    for about a third more compute. A GPU keeps them unless asked: its memory is the user's to size."""
+    return not on_cuda
+
+
 def pad_multiple(on_cuda: bool) -> int | None:
     """Batches padded to a multiple of 8 tokens fit tensor-core tiles; on CPU that is only extra tokens."""
     return 8 if on_cuda else None
+
+
+def placement(device: str | None) -> str | None:
+    """Where a model this package loads itself goes, for a `device` setting. `auto` on a GPU machine is this rank's
+    GPU among the visible ones (`distributed.cuda_device`): left to sentence-transformers, it would be
+    cuda:LOCAL_RANK, which does not exist where a launcher shows each task only its own GPU (LOCAL_RANK=3, one GPU
+    visible). Elsewhere None lets the library choose (cpu, mps)."""
+    if device not in (None, "auto"):
+        return device
+    return f"cuda:{distributed.cuda_device()}" if torch.cuda.is_available() else None
 
 
 def on_cuda(device: str | None) -> bool:

@@ -150,23 +150,36 @@ def test_training_arguments_reject_bad_configs(tmp_path, overrides, has_dev, mes
         training_arguments(_cfg(**overrides), tmp_path, seed=0, columns=["anchor"], has_dev=has_dev)
 
 
-def _layer_forwards(tiny_model, tmp_path, checkpointing: bool) -> int:
-    """Training-mode forward calls of the first transformer layer's attention over 2 steps (the model card's
-    widget examples encode in eval mode)."""
+def _layer_forwards(tiny_model, tmp_path, checkpointing: bool, steps: int = 2) -> tuple[int, list[float]]:
+    """Training-mode forward calls of the first transformer layer's attention (the model card's widget examples
+    encode in eval mode), and the losses, over `steps` steps."""
     model = _load(tiny_model)
     attention = model.transformers_model.encoder.layer[0].attention
     calls = []
     attention.register_forward_hook(lambda module, *_: calls.append(1) if module.training else None)
-    train_model(model, _triplets(16), None, _cfg(max_steps=2, gradient_checkpointing=checkpointing), tmp_path,
-                seed=0)
-    return len(calls)
+    result = train_model(model, _triplets(16), None, _cfg(max_steps=steps, gradient_checkpointing=checkpointing),
+                         tmp_path, seed=0)
+    return len(calls), [r["loss"] for r in result.log_history if "loss" in r]
 
 
-def test_gradient_checkpointing_recomputes_the_layers_in_the_backward_pass(tiny_model, tmp_path):
-    """tests/test_lowest_pins.py checks the flag under the oldest transformers and sentence-transformers."""
-    plain = _layer_forwards(tiny_model, tmp_path / "plain", checkpointing=False)
+def test_gradient_checkpointing_recomputes_the_layers_in_the_backward_pass(tiny_model, tmp_path, monkeypatch):
+    """The flag where the device would keep its activations (a GPU); tests/test_lowest_pins.py checks it under the
+    oldest transformers and sentence-transformers."""
+    monkeypatch.setattr(trainer.devices, "recompute_activations", lambda on_cuda: False)
+    plain, _ = _layer_forwards(tiny_model, tmp_path / "plain", checkpointing=False)
     assert plain >= 2  # each step encodes its texts at least once
-    assert _layer_forwards(tiny_model, tmp_path / "checkpointed", checkpointing=True) == 2 * plain
+    assert _layer_forwards(tiny_model, tmp_path / "checkpointed", checkpointing=True)[0] == 2 * plain
+
+
+def test_a_cpu_recomputes_activations_with_the_losses_of_a_run_that_keeps_them(tiny_model, tmp_path, monkeypatch):
+    """The memory bound on CPU (issue 26, item 9): every layer runs again in the backward pass, with dropout on and
+    the same masks, so the losses are those of a run that keeps its activations (a GPU's way, forced here)."""
+    recomputed, cpu_losses = _layer_forwards(tiny_model, tmp_path / "cpu", checkpointing=False, steps=4)
+    monkeypatch.setattr(trainer.devices, "recompute_activations", lambda on_cuda: False, raising=False)
+    kept, kept_losses = _layer_forwards(tiny_model, tmp_path / "kept", checkpointing=False, steps=4)
+    assert recomputed == 2 * kept
+    assert len(cpu_losses) == 4 and len(set(cpu_losses)) > 1
+    np.testing.assert_allclose(cpu_losses, kept_losses, rtol=1e-6)
 
 
 def test_dataset_and_config_mismatches_fail_before_training(tiny_model, tmp_path):
@@ -417,15 +430,44 @@ def test_torch_compile_trains_as_eager_and_saves_a_plain_model(tiny_model, tmp_p
     np.testing.assert_allclose(_load(out).encode(texts), model.encode(texts), atol=1e-6)
 
 
-def test_tf32_is_on_for_training_only():
-    from domain_embed import devices
+def _precision() -> list[str]:
+    """torch's fp32 precision switches, read through the new API only (torch >= 2.9)."""
+    b = torch.backends
+    return [h.fp32_precision for h in (b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn, b.mkldnn,
+                                       b.mkldnn.matmul, b.mkldnn.conv, b.mkldnn.rnn)]
 
-    before = torch.get_float32_matmul_precision()
-    with devices.tf32_matmuls(True):
-        assert torch.get_float32_matmul_precision() == "high"
-    assert torch.get_float32_matmul_precision() == before
-    with devices.tf32_matmuls(False):
-        assert torch.get_float32_matmul_precision() == before
+
+def test_tf32_is_on_for_training_only():
+    before = _precision()
+    with trainer.devices.tf32_matmuls(True):
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert _precision() == before
+    with trainer.devices.tf32_matmuls(False):
+        assert _precision() == before
+
+
+def test_tf32_that_transformers_turns_on_is_read_without_the_legacy_api_and_undone(tiny_model, tmp_path,
+                                                                                   monkeypatch):
+    """TrainingArguments(torch_compile=True) on an Ampere GPU calls transformers' enable_tf32(True), which sets torch's
+    new fp32_precision API; reading the legacy one after it raised "mix of the legacy and new APIs" (torch >= 2.9, on
+    CPU too), and TF32 then stayed on for the rest of the process."""
+    from transformers.utils.import_utils import enable_tf32
+
+    before = _precision()
+    arguments = trainer.training_arguments
+
+    def as_on_ampere_with_compile(*args, **kwargs):
+        out = arguments(*args, **kwargs)
+        enable_tf32.__wrapped__(True)  # its lru_cache would make it a no-op after a first call in this process
+        return out
+
+    monkeypatch.setattr(trainer, "training_arguments", as_on_ampere_with_compile)
+    try:
+        result = train_model(_load(tiny_model), _triplets(16), None, _cfg(max_steps=1), tmp_path, seed=0)
+        assert result.global_step == 1
+        assert _precision() == before  # TF32 is off again once training is over
+    finally:
+        torch.backends.fp32_precision = "none"  # whatever happened above, the later tests start from torch's default
 
 
 def test_the_dev_set_is_encoded_at_the_encode_batch_size(tiny_model, tmp_path, monkeypatch):
@@ -440,3 +482,70 @@ def test_the_dev_set_is_encoded_at_the_encode_batch_size(tiny_model, tmp_path, m
     train_model(_load(tiny_model), _triplets(), _dev(), _cfg(max_steps=2), tmp_path / "a", seed=0, dev_batch_size=128)
     train_model(_load(tiny_model), _triplets(), _dev(), _cfg(max_steps=2), tmp_path / "b", seed=0)
     assert sizes == [128, 8]  # the training batch size when none is given
+
+
+CLOCKS_SCRIPT = textwrap.dedent("""
+    import functools, itertools, json, sys
+    from pathlib import Path
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from domain_embed import distributed
+    from domain_embed.config import TrainingConfig
+    from domain_embed.tuning import trainer
+
+    model_path, out = sys.argv[1], Path(sys.argv[2])
+    distributed.init_process_group()
+    rank = distributed.rank()
+    # rank 1's clock passes checkpoint_minutes at every look, rank 0's never moves: they disagree at every step
+    clock = (lambda: 0.0) if rank == 0 else functools.partial(next, itertools.count(step=3600.0))
+    trainer.CheckpointCadence = functools.partial(trainer.CheckpointCadence, clock=clock)
+    n = 32
+    data = Dataset.from_dict({"anchor": [f"what does topic{i} require" for i in range(n)],
+                              "positive": [f"topic{i}: the firm shall notify" for i in range(n)]})
+    cfg = TrainingConfig(num_negatives=0, batch_size=4, max_steps=4, save_steps=None, checkpoint_minutes=10,
+                         logging_steps=1, warmup=0.0)
+    result = trainer.train_model(SentenceTransformer(model_path, device="cpu"), data, None, cfg, out / f"r{rank}",
+                                 seed=0)
+    saved = sorted(p.name for p in (out / "r0" / "checkpoints").glob("checkpoint-*")) if rank == 0 else None
+    (out / f"rank{rank}.json").write_text(json.dumps({"step": result.global_step, "saved": saved}))
+""")
+
+
+def test_ranks_whose_clocks_disagree_save_together_and_finish(tiny_model, tmp_path):
+    """Two gloo ranks: rank 1's clock says every step is a wall-time checkpoint, rank 0's says none. Each rank
+    deciding alone left one rank in the save's barrier and the other in the next step's all-reduce (a hang; the
+    timeout is the guard). Rank 0 decides for both: the run finishes, with the one checkpoint at the end."""
+    (tmp_path / "clocks.py").write_text(CLOCKS_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(tmp_path / "clocks.py"), str(tiny_model), str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the ranks hung: {str(exc.stderr)[-2000:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["step"] for r in ranks] == [4, 4]
+    # the end only: rank 0's clock never passed 10 minutes, so rank 1's did not count (with save_total_limit=2, a
+    # save at every step would leave checkpoint-3 beside checkpoint-4)
+    assert ranks[0]["saved"] == ["checkpoint-4"]
+
+
+def test_the_tf32_calls_of_transformers_then_ours_in_a_fresh_process():
+    """The exact sequence of a compiled run on an Ampere GPU, in a process where nothing read the precision before:
+    transformers' enable_tf32(True) (the new API), then our block around training. dce259c's block read the legacy
+    API there and raised "mix of the legacy and new APIs" (torch 2.13, on CPU too)."""
+    code = textwrap.dedent("""
+        import torch
+        from transformers.utils.import_utils import enable_tf32
+        from domain_embed import devices
+        enable_tf32(True)
+        with devices.tf32_matmuls(True):
+            pass
+        print(torch.backends.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["tf32", "tf32"]  # what transformers set before the block is left as it was

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from domain_embed import devices
 from domain_embed.context import RunContext
 from domain_embed.retrieval.embed import Embedder
 from domain_embed.rundir import atomic_write_json, atomic_write_text
@@ -54,7 +55,7 @@ def _rescorer(ctx: RunContext, query_ids: list[str]):
 
     # raw logits, the scale of mining.rescorer_threshold: left to its default, a one-label model applies a
     # sigmoid, and every score would exceed the default threshold 0.0
-    model = CrossEncoder(name, device=None if ctx.cfg.device == "auto" else ctx.cfg.device,
+    model = CrossEncoder(name, device=devices.placement(ctx.cfg.device),
                          trust_remote_code=ctx.cfg.model.trust_remote_code, activation_fn=torch.nn.Identity())
     queries, documents = ctx.data.queries, ctx.documents
 

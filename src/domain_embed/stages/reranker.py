@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from sentence_transformers import CrossEncoder
 
-from domain_embed import distributed
+from domain_embed import devices, distributed
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError, ModelLoadError
 from domain_embed.retrieval.evaluate import DEV_SPLIT
@@ -68,7 +68,7 @@ def _inputs(ctx: RunContext) -> dict:
 
 
 def _device(ctx: RunContext) -> str | None:
-    return None if ctx.cfg.device == "auto" else ctx.cfg.device
+    return devices.placement(ctx.cfg.device)
 
 
 def _checkpoints(ctx: RunContext) -> Path:

@@ -160,7 +160,10 @@ def training_arguments(cfg: TrainingConfig, output_dir: Path, *, seed: int, colu
 class CheckpointCadence(TrainerCallback):
     """Decides every checkpoint (a full one, with optimizer state): every `steps` steps, once `minutes` of wall time
     have passed since the last one, at the end, and whenever an evaluation beats every earlier one, so the best model
-    is on disk for load_best_model_at_end without a checkpoint at every evaluation. Any checkpoint resumes exactly."""
+    is on disk for load_best_model_at_end without a checkpoint at every evaluation. Any checkpoint resumes exactly.
+
+    Under a launcher every rank must save at the same step (saving holds a barrier; a rank that skips it starts the
+    next step's all-reduce and the ranks hang), so rank 0's clock decides for all."""
 
     def __init__(self, steps: int | None, minutes: float | None, clock: Callable[[], float] = time.monotonic):
         self.steps, self.minutes, self.clock = steps, minutes, clock
@@ -173,7 +176,7 @@ class CheckpointCadence(TrainerCallback):
         # overrides the HF Trainer's own step cadence (set just before, by its DefaultFlowCallback)
         control.should_save = (state.global_step >= state.max_steps
                                or bool(self.steps and state.global_step % self.steps == 0)
-                               or (self.minutes is not None and self.clock() - self._last >= 60 * self.minutes))
+                               or (self.minutes is not None and _time_is_up(self.clock, self._last, self.minutes)))
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, metrics=None,
                     **kwargs):
@@ -184,6 +187,12 @@ class CheckpointCadence(TrainerCallback):
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         self._last = self.clock()
+
+
+@distributed.main_only
+def _time_is_up(clock: Callable[[], float], since: float, minutes: float) -> bool:
+    """Rank 0's answer on every rank (a gloo broadcast per step, no GPU sync): the ranks' clocks may disagree."""
+    return clock() - since >= 60 * minutes
 
 
 def _training_columns(dataset: Dataset, cfg: TrainingConfig) -> tuple[Dataset, list[str]]:
@@ -254,31 +263,33 @@ def train_model(model: SentenceTransformer, train_dataset: Dataset, dev: DevSet 
     if cfg.early_stopping_patience is not None and dev is None:
         raise ConfigError("training.early_stopping_patience needs a dev set to watch")
     dataset, columns = _training_columns(train_dataset, cfg)
-    args = training_arguments(cfg, output_dir, seed=seed, columns=columns, has_dev=dev is not None,
-                              report_to=report_to, device=device, query_prompt=query_prompt,
-                              document_prompt=document_prompt)
-    resume_from = _resume_point(output_dir / CHECKPOINTS, cfg.resume)
-    if cfg.lora.enabled:  # only after every check, since it changes the model
-        _add_lora(model, cfg.lora)
-    if cfg.gradient_checkpointing:  # after LoRA, so that its inputs get the gradients checkpointing needs
-        # on the model, not through the arguments: transformers 5.17 has no activation_checkpointing argument, and
-        # from either name the HF Trainer passes keywords (every_n_layers, offload) that sentence-transformers before
-        # 6.2 refuses. For a sentence-transformers model the flag does nothing else
-        model.gradient_checkpointing_enable()
-    loss = build_loss(model, cfg, guide)
-    evaluator = None if dev is None else build_dev_evaluator(
-        dev, dev_batch_size or cfg.batch_size, query_prompt=query_prompt, document_prompt=document_prompt)
-    all_callbacks = [CheckpointCadence(cfg.save_steps, cfg.checkpoint_minutes), *callbacks]
-    if cfg.early_stopping_patience is not None:
-        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
-                                         evaluator=evaluator, callbacks=all_callbacks)
-    use_logged_progress(trainer)
-    on_cuda = not args.use_cpu
-    if multiple := devices.pad_multiple(on_cuda):  # the collator's only: the saved model is unchanged
-        trainer.data_collator.preprocess_fn = functools.partial(
-            model.preprocess, processing_kwargs={"text": {"pad_to_multiple_of": multiple}})
-    with devices.tf32_matmuls(on_cuda and devices.tf32_native()):
+    # around building the arguments too: with torch_compile on an Ampere GPU, transformers turns TF32 on there, for
+    # the whole process
+    with devices.tf32_matmuls(devices.on_cuda(device) and devices.tf32_native()):
+        args = training_arguments(cfg, output_dir, seed=seed, columns=columns, has_dev=dev is not None,
+                                  report_to=report_to, device=device, query_prompt=query_prompt,
+                                  document_prompt=document_prompt)
+        resume_from = _resume_point(output_dir / CHECKPOINTS, cfg.resume)
+        on_cuda = not args.use_cpu
+        if cfg.lora.enabled:  # only after every check, since it changes the model
+            _add_lora(model, cfg.lora)
+        # after LoRA, so that its inputs get the gradients checkpointing needs; on the model, not through the
+        # arguments: transformers 5.17 has no activation_checkpointing argument, and from either name the HF Trainer
+        # passes keywords (every_n_layers, offload) that sentence-transformers before 6.2 refuses
+        if cfg.gradient_checkpointing or devices.recompute_activations(on_cuda):
+            model.gradient_checkpointing_enable()
+        loss = build_loss(model, cfg, guide)
+        evaluator = None if dev is None else build_dev_evaluator(
+            dev, dev_batch_size or cfg.batch_size, query_prompt=query_prompt, document_prompt=document_prompt)
+        all_callbacks = [CheckpointCadence(cfg.save_steps, cfg.checkpoint_minutes), *callbacks]
+        if cfg.early_stopping_patience is not None:
+            all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
+                                             evaluator=evaluator, callbacks=all_callbacks)
+        use_logged_progress(trainer)
+        if multiple := devices.pad_multiple(on_cuda):  # the collator's only: the saved model is unchanged
+            trainer.data_collator.preprocess_fn = functools.partial(
+                model.preprocess, processing_kwargs={"text": {"pad_to_multiple_of": multiple}})
         metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
     state = trainer.state
     return TrainResult(
