@@ -115,4 +115,5 @@ def _cross_encoder(ctx: RunContext, path: str) -> CrossEncoder:
                         trust_remote_code=ctx.cfg.model.trust_remote_code)
 
 
-register(Stage("reranker", requires=("triplets",), inputs=_inputs, run=_run))
+register(Stage("reranker", requires=("triplets",), inputs=_inputs, run=_run,
+               does="the cross-encoder trained (or rerank.model loaded)"))
