@@ -139,7 +139,7 @@ def _execute(ctx: RunContext, name: str, inputs: dict, key: str, shared: Path | 
         REGISTRY[name].run(ctx, out, extras)
     if shared:
         ctx.run_dir.link_stage(name, shared)
-    log.info("stage %s: %s, in %.1fs", name, REGISTRY[name].does, time.perf_counter() - t0, extra=CONSOLE)
+    log.info("stage %s: done in %.1fs (%s)", name, time.perf_counter() - t0, REGISTRY[name].does, extra=CONSOLE)
     return True
 
 

@@ -234,8 +234,10 @@ def recommend(systems: Sequence[str], comparisons: Mapping, rule: Rule) -> dict:
     if not systems:
         reason = "no retrieval system was evaluated (the baseline stage has not run)"
     elif tuned["system"] is None and untuned["system"] is not None:  # nothing fine-tuned to weigh: (a) decided it
-        reason = (f"no fine-tuned system in this run; {untuned['system']} is the cheapest system without fine-tuning "
-                  f"that no other beats significantly on {rule.metric}")
+        none = "no fine-tuned system in this run" if tuned["reason"] is None else \
+            f"no fine-tuned system is a candidate ({tuned['reason']})"
+        reason = (f"{none}; {untuned['system']} is the cheapest system without fine-tuning that no other beats "
+                  f"significantly on {rule.metric}")
     else:
         reason = decision["reason"]
     return {"system": chosen, "reason": reason, "cost_order": cost_sorted(systems, rule.cost_order),
