@@ -96,8 +96,8 @@ def test_smoke_run_console_is_quiet_ends_with_the_recommendation_and_follows_the
                                                                     ("ndcg@10", "recall@10", "mrr@10"))
                                         for s, v in report["metrics"].items()], said[-1]]
     assert said[0].startswith("run directory: ") and len(said[-1].replace(str(run), "")) < 250  # was ~900
-    assert said[-1] == (f"recommendation: {report['recommendation']['system']} ({report['recommendation']['reason']} "
-                        f"on dev); report: {run}/report.md (corpus encodes this run: 2)")
+    assert said[-1] == (f"recommendation: {report['recommendation']['system']} (on dev: "
+                        f"{report['recommendation']['reason']}); report: {run}/report.md (corpus encodes this run: 2)")
     agree(report, (run / "report.md").read_text(), stdout)  # report.json, report.md's two places, the console
     for path in ("report.md", "report.json", "finetune/model/model.safetensors", "finetune/model/README.md"):
         assert oct((run / path).stat().st_mode & 0o777) == oct(0o664), path

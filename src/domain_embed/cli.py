@@ -91,8 +91,8 @@ def _summary_lines(report: dict) -> list[str]:
         shown = ", ".join(f"{m}={values[m]:.4f}" for m in ("ndcg@10", "recall@10", "mrr@10") if m in values)
         lines.append(f"  {system:>12}: {shown}")
     rec = report["recommendation"]
-    where = f" on {rec['split']}" if rec.get("split") else ""
-    lines.append(f"recommendation: {rec['system'] or 'none'} ({rec['reason']}{where}); report: "
+    where = f"on {rec['split']}: " if rec.get("split") else ""
+    lines.append(f"recommendation: {rec['system'] or 'none'} ({where}{rec['reason']}); report: "
                  f"{report['run']['dir']}/report.md (corpus encodes this run: "
                  f"{report['cost']['corpus_encodes_this_run']})")
     return lines
