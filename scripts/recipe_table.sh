@@ -19,7 +19,8 @@ if [ ! -f "$SWEEP/sweep_summary.json" ]; then  # a finished table is not redone;
 fi
 read -r JOB OVERRIDES < <("$PYTHON" - "$SWEEP/sweep_summary.json" <<'PY'
 import json, sys
-best = json.load(open(sys.argv[1]))["jobs"][0]
+summary = json.load(open(sys.argv[1]))  # its best job: the first by the ranking it names (summary["rule"])
+best = next(j for j in summary["jobs"] if j["job"] == summary["best_job"])
 print(best["job"], " ".join(o for o in best["overrides"] if not o.startswith("eval.split=")))
 PY
 )

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+from verdicts import agree
 
 
 def _train(cwd, *args, timeout=300):
@@ -82,11 +84,50 @@ def test_smoke_run_console_is_quiet_ends_with_the_recommendation_and_follows_the
     assert stderr.count("\n") < 15  # 40 lines with the library bars
     assert "{'loss'" not in stdout + stderr and "{'eval_" not in stdout + stderr  # no raw dicts
     assert "[sentence_transformers" not in stdout and "Information Retrieval Evaluation" not in stdout
-    assert "step 2/2: dev_cosine_ndcg@10" in stdout  # each dev evaluation: one line
+    log = (run / "train.log").read_text()
+    assert "step 2/2: dev_cosine_ndcg@10" in log and "cache hit" in log and "search_documents" in log  # all kept
+    # the console: the run directory, one line per stage, the systems' table and the recommendation; warnings
     report = json.loads((run / "report.json").read_text())
-    *_, recommendation, where = stdout.strip().splitlines()
-    assert recommendation.endswith(f"recommendation: {report['recommendation']['system']} "
-                                   f"({report['recommendation']['reason']})")
-    assert where.endswith(f"report: {run}/report.md (corpus encodes this run: 2)")
+    said = [line.split("] - ", 1)[1] for line in stdout.strip().splitlines() if "[WARNING]" not in line]
+    stages = [line for line in said if line.startswith("stage ")]
+    assert [line.split(":")[0] for line in stages] == [f"stage {s}" for s in report["run"]["stages"]]
+    assert all(re.fullmatch(r"stage \w+: done in \d+\.\ds \(.+\)", line) for line in stages), stages
+    assert said == [said[0], *stages, *[f"  {s:>12}: " + ", ".join(f"{m}={v[m]:.4f}" for m in
+                                                                    ("ndcg@10", "recall@10", "mrr@10"))
+                                        for s, v in report["metrics"].items()], said[-1]]
+    assert said[0].startswith("run directory: ") and len(said[-1].replace(str(run), "")) < 250  # was ~900
+    assert said[-1] == (f"recommendation: {report['recommendation']['system']} (on dev: "
+                        f"{report['recommendation']['reason']}); report: {run}/report.md (corpus encodes this run: 2)")
+    agree(report, (run / "report.md").read_text(), stdout)  # report.json, report.md's two places, the console
     for path in ("report.md", "report.json", "finetune/model/model.safetensors", "finetune/model/README.md"):
         assert oct((run / path).stat().st_mode & 0o777) == oct(0o664), path
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_console_handler_keeps_the_run_s_own_lines_unless_verbose(verbose):
+    """Hydra's console handler filters (conf/config.yaml); train.log's handler has no filter and keeps every line."""
+    import logging
+
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from domain_embed.config import register_configs
+    from domain_embed.console import CONSOLE, ConsoleFilter
+
+    register_configs()
+    with initialize_config_module("domain_embed.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"verbose={str(verbose).lower()}"], return_hydra_config=True)
+    logging_cfg = OmegaConf.to_container(cfg.hydra.job_logging, resolve=False)
+    assert logging_cfg["handlers"]["console"]["filters"] == ["console"] and "filters" not in logging_cfg["handlers"][
+        "file"]
+    spec = logging_cfg["filters"]["console"]
+    assert spec["()"] == "domain_embed.console.ConsoleFilter" and cfg.hydra.job_logging.filters.console.verbose is \
+        verbose
+    console = ConsoleFilter(verbose)
+    log = logging.getLogger("domain_embed.retrieval.embed")
+
+    def shown(level, **extra) -> bool:
+        return bool(console.filter(log.makeRecord(log.name, level, __file__, 0, "x", None, None, extra=extra)))
+
+    assert shown(logging.INFO, **CONSOLE) and shown(logging.WARNING)
+    assert shown(logging.INFO) is verbose  # a cache hit, an encode rate, a search

@@ -36,8 +36,8 @@ def test_domain_gap_notebook_shows_tables_plots_and_per_query_wins(make_config, 
     text, records = _outputs(nb)
     assert not [o for o in records if o["output_type"] == "error"]
     assert str(run) in text and "tuned" in text and "bm25" in text  # the before/after table
-    assert "Decision, tuned vs base only" in text and "tuned - baseline" in text  # the gap closed, with its decision
-    assert "Recommendation:" in text  # the one recommendation across every system
+    assert "it decides nothing alone" in text and "tuned - baseline" in text  # the gap closed, reported
+    assert "Recommendation:" in text and "Best without fine-tuning:" in text  # the two questions, one answer
     images = [o for o in records if "image/png" in o.get("data", {})]
     assert len(images) == len(report["plots"]) >= 3
     assert "per query, tuned vs baseline on 10 queries" in text

@@ -98,3 +98,20 @@ def test_summary_warns_when_training_dev_scores_come_from_different_dev_sets(tmp
     _report(tmp_path / "d", "test", 0.5, 0.70, dev_set="d2")
     md = render(summarise(tmp_path))
     assert "scored on 2 different dev sets" in md
+
+
+def test_the_summary_and_the_optuna_objective_rank_by_one_named_value(tmp_path):
+    """On dev-evaluated jobs the full dev split ranks them: the training evaluator's best (what Optuna used to get)
+    would have named the other job."""
+    from domain_embed.sweep import objective, render, summarise
+
+    _report(tmp_path / "a", "dev", 0.70, 0.90)
+    _report(tmp_path / "b", "dev", 0.75, 0.80)
+    summary = summarise(tmp_path)
+    values = {j["job"]: objective(json.loads((tmp_path / j["job"] / "report.json").read_text()))[0]
+              for j in summary["jobs"]}
+    assert values == {"a": 0.70, "b": 0.75} and summary["best_job"] == max(values, key=values.get) == "b"
+    assert summary["rule"] == "the tuned model's dev nDCG@10, highest first"
+    md = render(summary)
+    assert "Ranked by dev nDCG@10: the tuned model's dev nDCG@10, highest first" in md and "**Best job: b**" in md
+    assert "the value the Optuna sweeper maximises" in md

@@ -21,7 +21,9 @@ from omegaconf.errors import MissingMandatoryValue
 
 from domain_embed import attempts, distributed, multirun, overrides
 from domain_embed.config import RootConfig, register_configs
+from domain_embed.console import CONSOLE
 from domain_embed.errors import DomainEmbedError
+from domain_embed.sweep import objective
 
 log = logging.getLogger("domain_embed")
 
@@ -82,15 +84,16 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
 
 
 def _summary_lines(report: dict) -> list[str]:
-    """The run's last console lines: each system's headline metrics, then the recommendation and where the report
-    is, so that the end of the console says what to use and where to read why."""
+    """The run's last console lines: each system's headline metrics, then the recommendation with the one comparison
+    that decided it and where the report is, so that the end of the console says what to use and where to read why."""
     lines = []
     for system, values in report["metrics"].items():
         shown = ", ".join(f"{m}={values[m]:.4f}" for m in ("ndcg@10", "recall@10", "mrr@10") if m in values)
         lines.append(f"  {system:>12}: {shown}")
-    if rec := report.get("recommendation"):
-        lines.append(f"recommendation: {rec['system'] or 'none'} ({rec['reason']})")
-    lines.append(f"report: {report['run']['dir']}/report.md (corpus encodes this run: "
+    rec = report["recommendation"]
+    where = f"on {rec['split']}: " if rec.get("split") else ""
+    lines.append(f"recommendation: {rec['system'] or 'none'} ({where}{rec['reason']}); report: "
+                 f"{report['run']['dir']}/report.md (corpus encodes this run: "
                  f"{report['cost']['corpus_encodes_this_run']})")
     return lines
 
@@ -123,7 +126,7 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     if unknown := unknown_keys(dcfg):
         _fail(f"unknown config key(s) {', '.join(unknown)}: not in the typed config (check the spelling)")
     log.info("run directory: %s (data: %s, model: %s, budget: %s)", Path(dcfg.run_dir).resolve(),
-             dcfg.data.path or f"hub {dcfg.data.hub.name}", dcfg.model.name, dcfg.budget.name)
+             dcfg.data.path or f"hub {dcfg.data.hub.name}", dcfg.model.name, dcfg.budget.name, extra=CONSOLE)
     try:
         cfg: RootConfig = OmegaConf.to_object(dcfg)
         hydra_cfg = HydraConfig.get()
@@ -142,10 +145,10 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
         _fail(f"{exc.filename or 'output'}: {exc.strerror}")
     if distributed.is_main():  # every rank holds rank 0's report: it is said once
         for line in _summary_lines(report):
-            log.info(line)
+            log.info(line, extra=CONSOLE)
         attempts.promote(Path(cfg.run_dir), f"{HydraConfig.get().job.name}.log")
-    # returned for sweepers (e.g. optuna): the dev metric, so hyperparameters are never tuned on test
-    return report.get("training", {}).get("best_dev_ndcg@10")
+    # returned for sweepers (e.g. optuna): the value sweep_summary ranks jobs by, never a test figure
+    return objective(report)[0]
 
 
 def main() -> None:

@@ -169,6 +169,10 @@ class FormatsConfig:
     rescore_depth: int = 100  # binary: the top-k by Hamming distance are re-scored with the fp32 query
 
 
+# EvalConfig fields only the report reads, kept out of the evaluate stage's key (an older run resumes unchanged)
+EVAL_REPORT_ONLY = ("cost_order", "rerank_min_gain")
+
+
 @dataclass
 class EvalConfig:
     split: str = "test"
@@ -191,6 +195,13 @@ class EvalConfig:
     formats: FormatsConfig = field(default_factory=FormatsConfig)
     adopt_min_recall_gain: float = 0.05  # the article: adopt when Recall gains > 5 points and the CI excludes 0
     decision_metric: str = "recall@10"
+    # the report's last word only (never a stage key): systems cheapest first, a reranked one not named here right
+    # after its first stage; every system without fine-tuning before every fine-tuned one (training, hosting a custom
+    # model, retraining on drift and re-indexing cost a team more than a BM25 index beside a stock model)
+    cost_order: list[str] = field(default_factory=lambda: ["bm25", "baseline", "hybrid_base", "tuned",
+                                                           "hybrid_tuned"])
+    # a reranked system must beat its first stage on primary_metric by more than this (0.01 = 1 point), CI excluding 0
+    rerank_min_gain: float = 0.01
 
 
 @dataclass

@@ -13,9 +13,11 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from domain_embed import distributed
+from domain_embed.console import CONSOLE
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.report.build import write_report
+from domain_embed.report.recommend import check_cost_order
 from domain_embed.rundir import MANIFEST, stable_hash
 from domain_embed.stages import REGISTRY
 from domain_embed.tracking import Tracker
@@ -54,6 +56,7 @@ def run_pipeline(ctx: RunContext) -> dict:
     """Runs the plan; returns the report. A stage is redone when forced or when its inputs changed.
     Under a launcher, rank 0 decides and writes everything and runs the audit alone; all ranks run the other
     stages together and return the report rank 0 built."""
+    check_cost_order(ctx.cfg.eval.cost_order)  # the report's, read at the end: a typo fails before any stage
     distributed.init_process_group()
     tracker = Tracker(ctx.cfg, ctx.run_dir.root, job_type=plan(list(ctx.cfg.stages))[-1]) \
         if distributed.is_main() else None
@@ -93,10 +96,10 @@ def _decide(ctx: RunContext, name: str) -> tuple[dict, str, Path | None, bool]:
     shared = ctx.shared_dir / f"{name}-{key[:16]}" if ctx.shared_dir and name in SHARED_STAGES else None
     if shared and not forced and (shared / MANIFEST).exists():
         ctx.run_dir.link_stage(name, shared)
-        log.info("stage %s: reusing the sweep's shared output %s", name, shared)
+        log.info("stage %s: reusing the sweep's shared output %s", name, shared, extra=CONSOLE)
         return inputs, key, shared, False
     if not forced and not shared and ctx.run_dir.is_done(name, key):
-        log.info("stage %s: up to date, skipped (force=true redoes it)", name)
+        log.info("stage %s: up to date, skipped (force=true redoes it)", name, extra=CONSOLE)
         return inputs, key, shared, False
     return inputs, key, shared, True
 
@@ -119,7 +122,8 @@ def _shared_stage_lock(ctx: RunContext, name: str) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("stage %s: another job of the sweep is computing it; waiting for it (%s)", name, lock.lock_file)
+        log.info("stage %s: another job of the sweep is computing it; waiting for it (%s)", name, lock.lock_file,
+                 extra=CONSOLE)
         lock.acquire()
     try:
         yield
@@ -136,7 +140,7 @@ def _execute(ctx: RunContext, name: str, inputs: dict, key: str, shared: Path | 
         REGISTRY[name].run(ctx, out, extras)
     if shared:
         ctx.run_dir.link_stage(name, shared)
-    log.info("stage %s: done in %.1fs", name, time.perf_counter() - t0)
+    log.info("stage %s: done in %.1fs (%s)", name, time.perf_counter() - t0, REGISTRY[name].does, extra=CONSOLE)
     return True
 
 

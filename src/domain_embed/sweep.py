@@ -1,6 +1,7 @@
 """After a Hydra multirun: one table ranking the jobs by dev nDCG@10 (never by test).
 
-Registered as a Hydra callback in conf/config.yaml, so it runs whatever the launcher."""
+Registered as a Hydra callback in conf/config.yaml, so it runs whatever the launcher. `objective` is the one value a
+sweep ranks jobs by: this table's order and best job, and what `python -m train` returns to the Optuna sweeper."""
 
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ log = logging.getLogger(__name__)
 
 _SHOWN = ("ndcg@10", "recall@10")
 DEV = "dev"
+RANKED_BY = "dev_ndcg@10"
+RULE = "the tuned model's dev nDCG@10, highest first"
+
+
+def objective(report: dict) -> tuple[float | None, str]:
+    """The value a job is ranked by and where it comes from: the tuned model's nDCG@10 on the whole dev split when
+    the job evaluated dev (eval.split=dev), else the training-time dev evaluator's best (a sampled corpus); either
+    way, never the test split. None: the job trained nothing."""
+    if report.get("eval", {}).get("split") == DEV:
+        return report["metrics"].get("tuned", {}).get("ndcg@10"), "eval.split=dev (full corpus)"
+    return report.get("training", {}).get("best_dev_ndcg@10"), "training dev evaluator"
 
 
 def _job(report_path: Path) -> dict:
@@ -31,12 +43,9 @@ def _job(report_path: Path) -> dict:
     training = report.get("training", {})
     split = report.get("eval", {}).get("split")
     tuned = {m: report["metrics"].get("tuned", {}).get(m) for m in _SHOWN}
+    value, source = objective(report)
     return {"job": report_path.parent.name, "overrides": [o.removeprefix("- ") for o in overrides],
-            "eval_split": split, "tuned": tuned,
-            # the whole dev split over the full corpus when the job evaluated dev (eval.split=dev), else the
-            # training-time dev evaluator's best (a sampled corpus): either way, never the test split
-            "dev_ndcg@10": tuned["ndcg@10"] if split == DEV else training.get("best_dev_ndcg@10"),
-            "dev_source": "eval.split=dev (full corpus)" if split == DEV else "training dev evaluator",
+            "eval_split": split, "tuned": tuned, RANKED_BY: value, "dev_source": source,
             # the kept round's score on the run's one training dev set, which this hash names
             "training_dev_set": training.get("dev_set_sha256"),
             "train_seconds": training.get("train_seconds"), "steps": training.get("global_step"),
@@ -45,8 +54,9 @@ def _job(report_path: Path) -> dict:
 
 def summarise(sweep_dir: Path) -> dict:
     jobs = [_job(path) for path in sorted(sweep_dir.glob("*/report.json"))]
-    jobs.sort(key=lambda j: -(j["dev_ndcg@10"] if j["dev_ndcg@10"] is not None else float("-inf")))
-    return {"sweep_dir": str(sweep_dir), "ranked_by": "dev_ndcg@10", "jobs": jobs}
+    jobs.sort(key=lambda j: -(j[RANKED_BY] if j[RANKED_BY] is not None else float("-inf")))
+    best = jobs[0]["job"] if jobs and jobs[0][RANKED_BY] is not None else None
+    return {"sweep_dir": str(sweep_dir), "ranked_by": RANKED_BY, "rule": RULE, "best_job": best, "jobs": jobs}
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
@@ -67,8 +77,10 @@ def render(summary: dict) -> str:
     if len(dev_sets) > 1:  # different data, seed or training.dev_* settings: the scores do not compare
         shared += (f"**Warning:** the jobs ranked by the training dev evaluator were scored on {len(dev_sets)} "
                    "different dev sets; their dev nDCG@10 values do not compare.\n\n")
-    return (f"# Sweep summary: {summary['sweep_dir']}\n\nRanked by dev nDCG@10 ({'; '.join(sources)}), the split "
-            f"used to choose; a test column is for reading, not for choosing.\n\n{shared}"
+    best = f"**Best job: {summary['best_job']}**" if summary["best_job"] is not None else "No job trained a model"
+    return (f"# Sweep summary: {summary['sweep_dir']}\n\nRanked by dev nDCG@10: {summary['rule']} "
+            f"({'; '.join(sources)}), the split used to choose and the value the Optuna sweeper maximises; a test "
+            f"column is for reading, not for choosing. {best}.\n\n{shared}"
             + table(["rank", "job", "overrides", "dev nDCG@10", *[f"tuned {m} (split)" for m in _SHOWN],
                      "train s", "steps", "corpus encodes", "stages run"], rows)
             + "\n")

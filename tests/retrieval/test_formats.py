@@ -74,3 +74,19 @@ def test_grid_defaults_to_full_and_matryoshka_dims_and_rejects_unknown_formats()
     q, c, parents, data = _random()
     with pytest.raises(ConfigError, match=r"eval\.formats\.precisions"):
         rank_format(q, c, parents, data, "test", 24, "int4", CFG)
+
+
+def test_int8_ranks_exactly_as_faiss_index_scalar_quantizer():
+    """int8 is an IndexScalarQuantizer (QT_8bit): the float32 query against the corpus's decoded 8-bit codes."""
+    import faiss
+
+    q, c, _, _ = _random()
+    parents = np.arange(len(c))  # one window per document: the index's own ranking is the document ranking
+    index = faiss.IndexScalarQuantizer(c.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    index.train(c)
+    index.add(c)
+    scores, indices = index.search(q, 10)
+    got = rank_format(q, c, parents, _data(len(c), len(q)), "test", 24, "int8", CFG)
+    np.testing.assert_array_equal(got.result.indices, indices)
+    np.testing.assert_allclose(got.result.scores, scores, rtol=1e-5, atol=1e-6)
+    assert got.bytes_per_document == 24 and not got.rescored

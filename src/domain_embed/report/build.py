@@ -13,7 +13,7 @@ from domain_embed.context import RunContext
 from domain_embed.report.card import update_model_card
 from domain_embed.report.markdown import metrics_table, render_markdown
 from domain_embed.report.plots import plot_before_after, plot_formats, plot_mrl, plot_recall_curves
-from domain_embed.report.recommend import conclude
+from domain_embed.report.recommend import Rule, conclude
 from domain_embed.rundir import atomic_write_json, atomic_write_text, package_versions, read_json
 
 _STAGE_ORDER = ("audit", "baseline", "compare", "mine", "triplets", "finetune", "evaluate", "reranker", "rerank")
@@ -74,10 +74,7 @@ def build_report(ctx: RunContext, ran: list[str]) -> dict:
                                   "(data.on_error=skip); see data.skipped")
     evaluated = {"split": report.get("eval", {}).get("split"), **{k: report[k] for k in ("metrics", "ci95",
                                                                                          "comparisons")}}
-    trained = report.get("rerank", {}).get("reranker", {}).get("source") == "trained"
-    tuned_rerankers = [s for s in report["metrics"] if s.startswith("rerank(")] if trained else []
-    report.update(conclude(report.get("dev"), evaluated, ctx.cfg.eval.decision_metric,
-                           ctx.cfg.eval.adopt_min_recall_gain, tuned_rerankers))
+    report["recommendation"] = conclude(report.get("dev"), evaluated, Rule.of(ctx.cfg.eval))
     return report
 
 

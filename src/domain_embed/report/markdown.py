@@ -149,22 +149,45 @@ def _or_dash(value, spec: str = "") -> str:
 
 
 def _recommendation(rec: dict) -> str:
-    """The report's first paragraph: what to deploy and why, across every evaluated system (chosen on dev); then its
-    figures on the evaluated split, whether that split would have chosen the same, and the tuned model against BM25."""
-    system = f" (`{rec['system']}`)" if rec["system"] else ""
-    where = f"chosen on the {rec['split']} split: " if rec.get("split") else ""
-    lines = [f"**Recommendation: {label(rec['system'])}**{system}, {where}{rec['reason']}."]
-    if "note" in rec:
-        lines.append(f"Note: {rec['note']}.")
+    """The report's first paragraph: what to deploy, the best system without fine-tuning, what fine-tuning adds over
+    it, and whether the same rule on the evaluated split agrees (the reasoning is in ## Decision)."""
+    s, untuned, d = rec["system"], rec["untuned"]["system"], rec["decision"]
+    where = f", chosen on the {rec['split']} split" if s is not None else ""
+    out = [f"**Recommendation: {label(s)}**" + (f" (`{s}`)" if s else "") + f"{where}."]
+    if untuned is not None:
+        out.append(f"The best system without fine-tuning is {label(untuned)} (`{untuned}`).")
+    out.append(f"Fine-tuning: {d['reason']}." if d["system"] is not None else f"{rec['reason'][0].upper()}"
+               f"{rec['reason'][1:]}.")
+    t = rec.get("test", {})
+    if "agrees" in t:
+        out.append(f"The same rule on the {t['split']} split picks {t['pick']} too: dev and test agree." if t["agrees"]
+                   else f"Dev and test disagree: the same rule on the {t['split']} split would pick {t['pick']}; the "
+                        f"recommendation stays the one chosen on {rec['split']}.")
+    elif "note" in rec:
+        out.append(f"Note: {rec['note']}.")
+    return " ".join(out)
+
+
+def _decision(rec: dict) -> str:
+    """How the recommendation was reached: the cost order, questions (a) and (b), the adoption, and the chosen
+    system's figures on the evaluated split, reported once."""
+    d, untuned, tuned = rec["decision"], rec["untuned"], rec["fine_tuned"]
+    chosen = f"Recommended: `{rec['system']}`" if rec["system"] is not None else "Nothing recommended"
+    lines = [f"{chosen}, chosen on the {rec['split']} split. Cost order (`eval.cost_order`, cheapest first): "
+             f"{' < '.join(rec['cost_order']) or 'no system'}; the systems without fine-tuning and the fine-tuned ones "
+             "are each weighed among themselves, then fine-tuning's best against the best without it."]
+    if untuned["reason"] is not None:
+        lines.append(f"**(a) The best system without fine-tuning: {untuned['system'] or 'none'}**, "
+                     f"{untuned['reason']}.")
+    if tuned["reason"] is not None:
+        lines.append(f"**(b) The best fine-tuned system: {tuned['system'] or 'none'}**, {tuned['reason']}.")
+    if d["system"] is not None:
+        lines.append(f"**Fine-tuning {'adopted' if d['adopt'] else 'not adopted'}** (the article's rule: more than "
+                     f"{d['min_gain'] * 100:g} points on {d['metric']} with a CI that excludes 0): {d['reason']}.")
     if t := rec.get("test"):
         versus = "".join(f"; against {o['other']} {points(o['delta'], o['ci95'])}" for o in t["compared"])
-        lines.append(f"On the {t['split']} split, reported once: {t['metric']} {t['mean']:.4f} (95% CI "
+        lines.append(f"{rec['system']} on the {t['split']} split, reported once: {t['metric']} {t['mean']:.4f} (95% CI "
                      f"{t['ci95'][0]:.4f} to {t['ci95'][1]:.4f}){versus}.")
-        if "agrees" in t:
-            lines.append(f"The same rule on the {t['split']} split picks {t['pick']} too: dev and test agree."
-                         if t["agrees"] else
-                         f"Dev and test disagree: the same rule on the {t['split']} split would pick {t['pick']}; the "
-                         f"recommendation stays the one chosen on {rec['split']}.")
     if "tuned_vs_bm25" in rec:
         lines.append(rec["tuned_vs_bm25"])
     return "\n\n".join(lines)
@@ -186,9 +209,11 @@ def _formats(rows: list[dict]) -> str:
     body = [[str(r["dims"]), r["precision"] + (" (rescored)" if r["rescored"] else ""),
              f"{r['bytes_per_document']:,.1f}", f"{r['ndcg@10']:.4f}", f"{r['recall@10']:.4f}",
              f"{r['ndcg@10'] - ref['ndcg@10']:+.4f}" if ref else "-"] for r in rows]
-    return ("Tuned model's vectors quantised with sentence-transformers' `quantize_embeddings` (int8 calibrated on the "
-            "corpus; binary ranked by Hamming distance, then its top documents re-scored with the float32 query); "
-            "bytes per document counts every window's vector.\n\n"
+    return ("Tuned model's vectors stored as an index stores them, the query kept in float32: int8 as FAISS's 8-bit "
+            "scalar quantizer (`IndexScalarQuantizer`, ranges trained on the corpus; the query scored against the "
+            "decoded codes); binary with sentence-transformers' `quantize_embeddings`, ranked by Hamming distance, "
+            "then its top documents re-scored with the float32 query; bytes per document counts every window's "
+            "vector.\n\n"
             + table(["dims", "precision", "bytes/doc", "nDCG@10", "Recall@10", "nDCG@10 vs float32 full dims"], body))
 
 
@@ -243,12 +268,14 @@ def _rerank(r: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     run, data = report["run"], report["data"]
-    out = [f"# domain-embed report: {run['model']} on {data['source']}", "", _recommendation(report["recommendation"]),
-           "",
+    rec = report["recommendation"]
+    out = [f"# domain-embed report: {run['model']} on {data['source']}", "", _recommendation(rec), "",
            f"- run directory: `{run['dir']}`; stages: {', '.join(run['stages']) or 'none'} "
            f"(ran now: {', '.join(run['ran_now']) or 'none'}); budget: {run['budget']}",
            f"- data: {data['documents']} documents, {data['queries']} queries, splits {data['splits']}",
            f"- full corpus encodes: {report['cost']['corpus_encodes']}"]
+    if rec["system"] is not None or rec["compared"]:
+        out += ["", "## Decision", "", _decision(rec)]
     if report["warnings"]:
         out += ["", "## Warnings", *[f"- {w}" for w in report["warnings"]]]
     if "audit" in report:
@@ -275,17 +302,15 @@ def render_markdown(report: dict) -> str:
     if report["comparisons"]:
         out += ["", "## Paired comparisons", "", "Paired bootstrap CI of the difference and a paired "
                 "randomization test over the same queries.", "", _comparisons(report)]
-    if "gap_closed" in report and "decision" in report:
-        d = report["decision"]
+    if "gap_closed" in report:
         rows = [[m, f"{g['delta']:+.4f}", f"{g['relative']:.1%}" if g["relative"] is not None else "n/a",
                  f"[{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}]", f"{g['p_value']:.4f}"]
                 for m, g in report["gap_closed"].items()]
         out += ["", "## Gap closed by fine-tuning", "",
                 "delta = tuned - base; relative = delta / (1 - base), the share of the remaining gap closed.", "",
                 table(["metric", "delta", "relative", "95% CI", "p"], rows), "",
-                f"**Decision on the tuned model (the article's rule, tuned vs base on the {d['split']} split): "
-                f"{'adopt it' if d['adopt_tuned'] else 'do not adopt it'}.** {d['reason']}. The recommendation at "
-                "the top weighs every evaluated system and agrees with this."]
+                "The domain gap the tuned model closes over the base model it started from. It decides nothing "
+                "alone: fine-tuning is judged against the best system that needs none (## Decision)."]
     if "training" in report:
         t = report["training"]
         out += ["", "## Training", "", f"{t['train_rows']} triplets, {t['global_step']} steps, "

@@ -1,89 +1,109 @@
 """Which system to deploy, from the paired comparisons the report already holds (no new statistics).
 
-Every system's metadata lives here (`system`): its cost, its label, its untuned counterpart and what it is built on.
+Two questions, in order, on the dev split (`conclude`):
 
-- Cost order (operational cost: index, encoder, training, two retrievers): bm25 < baseline < tuned < hybrid_base
-  < hybrid_tuned; then `rerank(<first stage>)` (a cross-encoder over a first stage's list), costlier than every
-  first stage and ordered among themselves by their first stage; then any other name, in report order.
-- Fine-tuning must earn its cost. A system built by fine-tuning in this run has an untuned counterpart it must beat
-  by more than `eval.adopt_min_recall_gain` (the article's 5-point rule) with a 95% CI that excludes 0:
-  tuned -> baseline, hybrid_tuned -> hybrid_base, and rerank(X) -> X when its cross-encoder was fine-tuned in this
-  run (`tuned_rerankers`). A system is *adoptable* only when it and everything it is built on clear their bars: its
-  gates are those of what it contains (hybrid_tuned contains tuned; rerank(X) contains X), then its own. So every
-  system containing the tuned model (tuned, hybrid_tuned, rerank(tuned), rerank(hybrid_tuned)) needs tuned over
-  baseline to clear the bar, which is `decide`'s test: the decision and the recommendation cannot contradict.
-  A gate whose comparison the run did not compute fails.
+(a) The best system without fine-tuning: the cheapest untuned system (bm25, baseline, hybrid_base, a reranker over
+    one of them) that no other untuned system beats significantly.
+(b) Whether fine-tuning earns its cost: the best fine-tuned system (tuned, hybrid_tuned, a reranker over one of them),
+    chosen by the same rule among the fine-tuned ones, against (a) on `eval.decision_metric`. It is adopted when it
+    gains more than `eval.adopt_min_recall_gain` (the article's 5-point bar) with a 95% CI that excludes 0.
 
-The rule, on `eval.decision_metric` (Recall@10 by default):
+The recommendation is (b)'s system when adopted, else (a)'s: the article's rule is about that choice (fine-tune when
+the best you can deploy without it leaves a gap of more than 5 points; within that, keep the simpler system). The gap
+the tuned model closes over the base model is reported beside it and decides nothing alone.
 
-    Recommend the cheapest adoptable system that no other adoptable system beats significantly.
-
-- "x beats y": the paired comparison of x and y (either "x-vs-y" or "y-vs-x" in the comparisons) has a 95%
-  bootstrap CI that excludes 0 in x's favour.
-- A comparison the run did not compute beats nothing: the cheaper system stays and the reason names what is missing.
-- Significance is not transitive: when every adoptable system is beaten by another, the cheapest one stays and the
-  reason says so.
+- Cost order (`eval.cost_order`, cheapest first) ranks the systems within each question; a reranked system not named
+  there comes right after its first stage, any other name last, in report order.
+- "x beats y": their paired comparison on the decision metric ("x-vs-y" or "y-vs-x") has a 95% bootstrap CI that
+  excludes 0 in x's favour (`significant_gain`, the one test every adoption passes). A comparison the run did not
+  compute beats nothing: the cheaper system stays and the reason names what is missing. Significance is not
+  transitive: when every candidate is beaten by another, the cheapest stays and the reason says so.
+- A reranked system `rerank(X)` is judged on what it can move (a rerank of the top 10 cannot change Recall@10): it is
+  a candidate only when it beats X on `eval.primary_metric` by more than `eval.rerank_min_gain` with a CI that
+  excludes 0, and that gate is how it and X compare.
 
 `conclude` chooses on the dev split (the hybrids' fusion settings already are), then reports the chosen system's
-figures on the evaluated split once, with the system the same rule would pick there; without a dev split it chooses
-on the evaluated split and says so.
+figures on the evaluated split once, with the system the same rule picks there; without a dev split it chooses on the
+evaluated split and says so. Every sentence about the choice (report.md's top paragraph and decision section, the
+console line) is rendered from its one result.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
+from domain_embed.config import EvalConfig
+from domain_embed.errors import ConfigError
+
 DEV_SPLIT = "dev"
 
-
-@dataclass(frozen=True)
-class System:
-    name: str
-    label: str
-    cost: tuple[int, int]  # sort key: (tier, rank within it); equal keys keep report order
-    counterpart: str | None  # the same system without this run's fine-tuning, when it has any of its own
-    contains: tuple[str, ...]  # the systems it is built on, whose gates it inherits
-
-    def gates(self, tuned_rerankers: Collection[str] = ()) -> list[tuple[str, str]]:
-        """(fine-tuned system, untuned counterpart) pairs that must each clear the bar for this system to be
-        adoptable: those of what it contains first, then its own."""
-        inherited = [g for part in self.contains for g in system(part, tuned_rerankers).gates(tuned_rerankers)]
-        return inherited + ([(self.name, self.counterpart)] if self.counterpart else [])
-
-    @property
-    def uses_tuned_model(self) -> bool:
-        return self.name == "tuned" or any(system(p).uses_tuned_model for p in self.contains)
-
-
-# first stages in cost order: label, untuned counterpart, the systems each contains
+# first stages: label, and whether it is built on this run's fine-tuned model
 _FIRST_STAGES = {
-    "bm25": ("BM25", None, ()),
-    "baseline": ("the base model", None, ()),
-    "tuned": ("the tuned model", "baseline", ()),
-    "hybrid_base": ("hybrid BM25 + base model", None, ()),
-    "hybrid_tuned": ("hybrid BM25 + tuned model", "hybrid_base", ("tuned",)),
+    "bm25": ("BM25", False),
+    "baseline": ("the base model", False),
+    "hybrid_base": ("hybrid BM25 + base model", False),
+    "tuned": ("the tuned model", True),
+    "hybrid_tuned": ("hybrid BM25 + tuned model", True),
 }
 _RERANK = re.compile(r"rerank\((?P<first>.+)\)")
 
 
-def system(name: str, tuned_rerankers: Collection[str] = ()) -> System:
-    """A system's metadata; `tuned_rerankers`: the rerank(...) systems whose cross-encoder this run fine-tuned."""
-    if name in _FIRST_STAGES:
-        text, counterpart, contains = _FIRST_STAGES[name]
-        return System(name, text, (0, list(_FIRST_STAGES).index(name)), counterpart, contains)
+@dataclass(frozen=True)
+class Rule:
+    """The settings every question of the recommendation is answered with (the eval config's report-only part)."""
+
+    metric: str  # eval.decision_metric: "beats" and fine-tuning's bar
+    min_gain: float  # eval.adopt_min_recall_gain: fine-tuning's bar over the best system without it
+    rerank_metric: str  # eval.primary_metric: a reranked system against its first stage
+    rerank_min_gain: float  # eval.rerank_min_gain
+    cost_order: tuple[str, ...]  # eval.cost_order
+
+    @classmethod
+    def of(cls, e: EvalConfig) -> Rule:
+        return cls(e.decision_metric, e.adopt_min_recall_gain, e.primary_metric, e.rerank_min_gain,
+                   tuple(e.cost_order))
+
+
+def first_stage(name: str) -> str | None:
+    """X for a reranked system rerank(X), else None."""
     m = _RERANK.fullmatch(name)
-    if m and m["first"] in _FIRST_STAGES:
-        first = system(m["first"])
-        return System(name, f"{first.label}, reranked by a cross-encoder", (1, first.cost[1]),
-                      m["first"] if name in tuned_rerankers else None, (m["first"],))
-    return System(name, name, (2, 0), None, ())
+    return m["first"] if m else None
+
+
+def fine_tuned(name: str) -> bool:
+    """Whether the system needs this run's fine-tuning (a reranker over a fine-tuned first stage does)."""
+    return _FIRST_STAGES.get(first_stage(name) or name, ("", False))[1]
 
 
 def label(name: str | None) -> str:
-    return "none yet" if name is None else system(name).label
+    if name is None:
+        return "none yet"
+    if (first := first_stage(name)) is not None:
+        return f"{label(first)}, reranked by a cross-encoder"
+    return _FIRST_STAGES.get(name, (name,))[0]
+
+
+def check_cost_order(order: Sequence[str]) -> None:
+    """`eval.cost_order` names each known system at most once (checked before any stage runs)."""
+    for name in order:
+        if (first_stage(name) or name) not in _FIRST_STAGES:
+            raise ConfigError(f"eval.cost_order: unknown system '{name}' (known: {', '.join(_FIRST_STAGES)} and "
+                              "rerank(<one of them>))")
+    if len(set(order)) < len(order):
+        raise ConfigError(f"eval.cost_order={list(order)}: a system is named twice")
+
+
+def cost_sorted(systems: Sequence[str], order: Sequence[str]) -> list[str]:
+    """`systems` cheapest first (see the module docstring); equal places keep report order."""
+    def place(name: str) -> tuple[int, int]:
+        if name in order:
+            return order.index(name), 0
+        first = first_stage(name)
+        return (order.index(first), 1) if first in order else (len(order), 0)
+    return sorted(systems, key=place)
 
 
 def significant_gain(delta: float, ci95: Sequence[float], min_gain: float = 0.0) -> bool:
@@ -95,23 +115,7 @@ def points(delta: float, ci95: Sequence[float]) -> str:
     return f"{delta * 100:+.1f} points (95% CI {ci95[0] * 100:+.1f} to {ci95[1] * 100:+.1f})"
 
 
-def decide(gap: dict, metric: str, min_gain: float) -> dict:
-    """The article's rule for tuned vs base only: adopt when the gain exceeds `min_gain` and its CI excludes 0."""
-    g = gap[metric]
-    adopt = significant_gain(g["delta"], g["ci95"], min_gain)
-    bar = f"{min_gain * 100:g}-point bar"
-    if adopt:
-        why = f"{metric} gained {points(g['delta'], g['ci95'])}, above the {bar} with a CI that excludes 0"
-    elif g["delta"] <= min_gain:
-        why = (f"{metric} changed by {g['delta'] * 100:+.1f} points, not more than the {bar}: keep the base model "
-               "for operational simplicity, or get more or better triplets")
-    else:
-        why = (f"{metric} gained {points(g['delta'], g['ci95'])}, but the CI includes 0: not significant on this many "
-               "queries")
-    return {"adopt_tuned": adopt, "metric": metric, "min_gain": min_gain, "reason": why}
-
-
-def _entry(comparisons: dict, x: str, y: str, metric: str) -> dict | None:
+def _entry(comparisons: Mapping, x: str, y: str, metric: str) -> dict | None:
     """The run's comparison of x and y as stored ("a-vs-b": delta = a - b), whichever way round it was run."""
     for a, b in ((x, y), (y, x)):
         c = comparisons.get(f"{a}-vs-{b}", {}).get(metric)
@@ -126,65 +130,119 @@ def _gain(entry: dict, x: str) -> tuple[float, list[float]]:
     return (entry["delta"], [lo, hi]) if entry["a"] == x else (-entry["delta"], [-hi, -lo])
 
 
-def _blocked(name: str, comparisons: dict, metric: str, min_gain: float, tuned_rerankers: Collection[str]
-             ) -> str | None:
-    """Why `name` is not adoptable (its first gate that fails), or None when every gate clears the bar."""
-    for tuned, untuned in system(name, tuned_rerankers).gates(tuned_rerankers):
-        e = _entry(comparisons, tuned, untuned, metric)
-        built_on = "" if tuned == name else f"it is built on {tuned}, and "
-        if e is None:
-            return f"{name} is not adoptable: {built_on}no {tuned}-vs-{untuned} comparison on {metric} in this run"
-        if not significant_gain(*_gain(e, tuned), min_gain):
-            return (f"{name} is not adoptable: {built_on}{tuned} gains {points(*_gain(e, tuned))} over {untuned}, "
-                    f"not above the {min_gain * 100:g}-point bar for fine-tuning with a CI that excludes 0")
-    return None
+def _pair_rule(x: str, y: str, rule: Rule) -> tuple[str, float]:
+    """The metric and minimum gain x and y are compared on: a reranked system and its own first stage on the
+    reranker's gate, every other pair on the decision metric."""
+    if first_stage(x) == y or first_stage(y) == x:
+        return rule.rerank_metric, rule.rerank_min_gain
+    return rule.metric, 0.0
 
 
-def recommend(systems: Sequence[str], comparisons: dict, metric: str, min_gain: float,
-              tuned_rerankers: Collection[str] = ()) -> dict:
-    """The system to deploy among `systems` (see the module docstring), why, and the comparisons it rests on;
-    `tuned_rerankers`: the rerank(...) systems whose cross-encoder this run fine-tuned."""
-    order = sorted(systems, key=lambda s: system(s).cost)  # stable: equal costs keep report order
+def _best(systems: Sequence[str], comparisons: Mapping, rule: Rule) -> dict:
+    """The cheapest of `systems` that no other of them beats significantly, why, and the comparisons it rests on."""
+    order = cost_sorted(systems, rule.cost_order)
     if not order:
-        return {"system": None, "reason": "no retrieval system was evaluated (the baseline stage has not run)",
-                "compared": []}
-    entries = {frozenset(p): e for p in combinations(order, 2) if (e := _entry(comparisons, *p, metric))}
-    blocked = {s: why for s in order if (why := _blocked(s, comparisons, metric, min_gain, tuned_rerankers))}
-    candidates = [s for s in order if s not in blocked]
-    if not candidates:
-        return {"system": None, "reason": "no evaluated system is adoptable: " + "; ".join(blocked.values()),
-                "compared": list(entries.values())}
-    if len(order) == 1:
-        return {"system": order[0], "reason": "the only system evaluated in this run", "compared": []}
+        return {"system": None, "reason": None, "compared": []}  # none of this kind was evaluated
+    entries = {frozenset(p): e for p in combinations(order, 2)
+               if (e := _entry(comparisons, *p, _pair_rule(*p, rule)[0]))}
 
     def beats(x: str, y: str) -> bool:
         e = entries.get(frozenset((x, y)))
-        return e is not None and significant_gain(*_gain(e, x))
+        return e is not None and significant_gain(*_gain(e, x), _pair_rule(x, y, rule)[1])
 
+    def gains(x: str, y: str) -> str:
+        e = entries[frozenset((x, y))]
+        return f"{x} beats {y} by {points(*_gain(e, x))}" + (f" on {e['metric']}" if e["metric"] != rule.metric
+                                                              else "")
+
+    blocked = {}
+    for s in order:
+        if (first := first_stage(s)) is None:
+            continue
+        metric, bar = _pair_rule(s, first, rule)
+        e = entries.get(frozenset((s, first)))
+        if e is None:
+            blocked[s] = f"{s} is not a candidate: no {s}-vs-{first} comparison on {metric} in this run"
+        elif not beats(s, first):
+            blocked[s] = (f"{s} is not a candidate: it gains {points(*_gain(e, s))} on {metric} over {first}, not "
+                          f"above the reranker's {bar * 100:g}-point bar with a CI that excludes 0")
+    candidates = [s for s in order if s not in blocked]
+    compared = list(entries.values())
+    if not candidates:
+        return {"system": None, "reason": "; ".join(blocked.values()), "compared": compared}
+    if len(candidates) == 1:
+        why = "the only one evaluated" if len(order) == 1 else "the only candidate"
+        return {"system": candidates[0], "reason": "; ".join([why, *blocked.values()]), "compared": compared}
     beaten_by = {s: [w for w in candidates if w != s and beats(w, s)] for s in candidates}
     unbeaten = [s for s in candidates if not beaten_by[s]]
     chosen = unbeaten[0] if unbeaten else candidates[0]
 
     def clause(other: str) -> str:
-        """Why `other` is not the recommendation (or, when every system is beaten, what beats `chosen`)."""
+        """Why `other` is not the choice (or, when every candidate is beaten, what beats `chosen`)."""
         if candidates.index(other) < candidates.index(chosen):  # passed over: something beats it
-            winner = chosen if chosen in beaten_by[other] else beaten_by[other][0]
-            return f"{winner} beats {other} by {points(*_gain(entries[frozenset((winner, other))], winner))}"
+            return gains(chosen if chosen in beaten_by[other] else beaten_by[other][0], other)
+        metric = _pair_rule(other, chosen, rule)[0]
         e = entries.get(frozenset((other, chosen)))
         if e is None:
             return f"no {other}-vs-{chosen} comparison on {metric} in this run, so the cheaper {chosen} stays"
         if beats(other, chosen):
-            return f"{other} beats {chosen} by {points(*_gain(e, other))}"
+            return gains(other, chosen)
         if beats(chosen, other):
-            return f"{chosen} beats {other} by {points(*_gain(e, chosen))}"
-        return (f"{other} vs {chosen}: {points(*_gain(e, other))}, a CI that includes 0, so the cheaper {chosen} "
-                "stays")
+            return gains(chosen, other)
+        return f"{other} vs {chosen}: {points(*_gain(e, other))}, a CI that includes 0, so the cheaper {chosen} stays"
 
-    why = ("that no other adoptable system beats significantly" if unbeaten else "kept because every adoptable "
-           "system is beaten significantly by another (the comparisons are not transitive)")
-    reason = (f"the cheapest adoptable system (cost order {' < '.join(order)}) {why} on {metric}: "
+    why = ("the cheapest that no other beats significantly" if unbeaten else "the cheapest, kept because every one is "
+           "beaten significantly by another (the comparisons are not transitive)")
+    reason = (f"{why} on {rule.metric} (cost order {' < '.join(order)}): "
               + "; ".join([clause(s) for s in candidates if s != chosen] + list(blocked.values())))
-    return {"system": chosen, "reason": reason, "compared": list(entries.values())}
+    return {"system": chosen, "reason": reason, "compared": compared}
+
+
+def decide(untuned: str | None, tuned: str | None, comparisons: Mapping, rule: Rule) -> dict:
+    """Question (b): does fine-tuning's best system `tuned` earn its cost over `untuned`, the best system without it?
+    The article's bar: a gain above `rule.min_gain` on `rule.metric` whose CI excludes 0. `reason` is the one
+    comparison that decided it."""
+    bar = f"the {rule.min_gain * 100:g}-point bar"
+    out = {"adopt": False, "system": tuned, "over": untuned, "metric": rule.metric, "min_gain": rule.min_gain,
+           "delta": None, "ci95": None}
+    if tuned is None:
+        return out | {"reason": "no fine-tuned system was a candidate in this run"}
+    if untuned is None:
+        return out | {"reason": "no system without fine-tuning was evaluated, so fine-tuning cannot be weighed"}
+    e = _entry(comparisons, tuned, untuned, rule.metric)
+    if e is None:
+        return out | {"reason": f"no {tuned}-vs-{untuned} comparison on {rule.metric} in this run: fine-tuning "
+                                f"cannot show it clears {bar}"}
+    delta, ci = _gain(e, tuned)
+    adopt = significant_gain(delta, ci, rule.min_gain)
+    head = f"{tuned} (fine-tuned) vs {untuned} (no fine-tuning): {rule.metric} {points(delta, ci)}"
+    if adopt:
+        why = f"{head}, above {bar} with a CI that excludes 0: fine-tuning earns its cost"
+    elif delta <= rule.min_gain:
+        why = f"{head}, not more than {bar}: keep {untuned}, which needs no fine-tuning"
+    else:
+        why = f"{head}, above {bar} but with a CI that includes 0: keep {untuned}, which needs no fine-tuning"
+    return out | {"adopt": adopt, "delta": delta, "ci95": ci, "reason": why}
+
+
+def recommend(systems: Sequence[str], comparisons: Mapping, rule: Rule) -> dict:
+    """Questions (a) and (b) on one split's comparisons, and the recommendation they give."""
+    untuned = _best([s for s in systems if not fine_tuned(s)], comparisons, rule)
+    tuned = _best([s for s in systems if fine_tuned(s)], comparisons, rule)
+    decision = decide(untuned["system"], tuned["system"], comparisons, rule)
+    chosen = decision["system"] if decision["adopt"] else untuned["system"]
+    if not systems:
+        reason = "no retrieval system was evaluated (the baseline stage has not run)"
+    elif tuned["system"] is None and untuned["system"] is not None:  # nothing fine-tuned to weigh: (a) decided it
+        none = "no fine-tuned system in this run" if tuned["reason"] is None else \
+            f"no fine-tuned system is a candidate ({tuned['reason']})"
+        reason = (f"{none}; {untuned['system']} is the cheapest system without fine-tuning that no other beats "
+                  f"significantly on {rule.metric}")
+    else:
+        reason = decision["reason"]
+    return {"system": chosen, "reason": reason, "cost_order": cost_sorted(systems, rule.cost_order),
+            "untuned": untuned, "fine_tuned": tuned, "decision": decision,
+            "compared": untuned["compared"] + tuned["compared"]}
 
 
 def _versus_bm25(scores: Mapping, metric: str) -> str | None:
@@ -198,22 +256,18 @@ def _versus_bm25(scores: Mapping, metric: str) -> str | None:
     return f"On the {scores['split']} split the tuned model alone {verdict}: {metric} {points(delta, ci)}."
 
 
-def conclude(dev: Mapping | None, test: Mapping, metric: str, min_gain: float,
-             tuned_rerankers: Collection[str] = ()) -> dict:
-    """The recommendation chosen on `dev`, then reported once on `test` (the evaluated split), and the decision on
-    the tuned model, which agrees with it by construction. Each of `dev`, `test`: {"split", "metrics" (system ->
-    metric -> mean), "ci95" (system -> metric -> [lo, hi]), "comparisons"} as a stage's metrics.json holds them;
-    `dev` None: no dev split apart from the evaluated one, so the choice is made on `test` and the reason says so.
-
-    Returns {"recommendation": ..., "decision": ... (only where the tuned model was compared with the base one)}."""
+def conclude(dev: Mapping | None, test: Mapping, rule: Rule) -> dict:
+    """The recommendation chosen on `dev`, then reported once on `test` (the evaluated split). Each of `dev`, `test`:
+    {"split", "metrics" (system -> metric -> mean), "ci95" (system -> metric -> [lo, hi]), "comparisons"} as a stage's
+    metrics.json holds them; `dev` None: no dev split apart from the evaluated one, so the choice is made on `test`
+    and the note says so. Returns report.json's "recommendation"."""
     chosen_on = dev or test
-    rec = recommend(list(chosen_on["metrics"]), chosen_on["comparisons"], metric, min_gain, tuned_rerankers)
-    rec["split"] = chosen_on["split"]
+    rec = recommend(list(chosen_on["metrics"]), chosen_on["comparisons"], rule) | {"split": chosen_on["split"]}
     if dev is None and test["metrics"]:
         rec["note"] = (("the evaluated split is dev" if test["split"] == DEV_SPLIT else "the data has no dev split")
                        + f", so the recommendation is chosen on the {test['split']} split its figures come from: "
                        "no held-out confirmation")
-    s = rec["system"]
+    s, metric = rec["system"], rule.metric
     if s is not None and s in test["metrics"]:
         rec["test"] = {"split": test["split"], "metric": metric, "mean": test["metrics"][s][metric],
                        "ci95": test["ci95"][s][metric],
@@ -222,16 +276,8 @@ def conclude(dev: Mapping | None, test: Mapping, metric: str, min_gain: float,
                                     and (e := _entry(test["comparisons"], s, o, metric))
                                     for d, ci in [_gain(e, s)]]}
         if dev is not None:
-            pick = recommend(list(test["metrics"]), test["comparisons"], metric, min_gain, tuned_rerankers)["system"]
+            pick = recommend(list(test["metrics"]), test["comparisons"], rule)["system"]
             rec["test"].update(pick=pick, agrees=pick == s)
     if (sentence := _versus_bm25(test, metric)) is not None:
         rec["tuned_vs_bm25"] = sentence
-    out = {"recommendation": rec}
-    if (e := _entry(chosen_on["comparisons"], "tuned", "baseline", metric)) is not None:
-        delta, ci = _gain(e, "tuned")
-        d = decide({metric: {"delta": delta, "ci95": ci}}, metric, min_gain) | {"split": chosen_on["split"]}
-        if d["adopt_tuned"] and not (s is not None and system(s, tuned_rerankers).uses_tuned_model):
-            d["adopt_tuned"] = False
-            d["reason"] += f", but the recommendation, {label(s)}, does not use the tuned model"
-        out["decision"] = d
-    return out
+    return rec

@@ -1,8 +1,10 @@
 """The cost of each vector format: quality against bytes per document for float32, int8 and binary vectors.
 
-Every format is scored from the same fp32 vectors (the embedding cache), with sentence-transformers'
-`quantize_embeddings`, the shared best-window rule of `search_documents` and the shared metric code, so a row
-differs from the plain dense ranking only by what storing the vectors in that format loses.
+Every format is scored from the same fp32 vectors (the embedding cache) as an index stores and scores them: int8 as
+FAISS's 8-bit scalar quantizer (`IndexScalarQuantizer`), binary with sentence-transformers' `quantize_embeddings` and
+its rescoring, each with the shared best-window rule of `search_documents` and the shared metric code, so a row
+differs from the plain dense ranking only by what storing the vectors in that format loses. The query stays float32
+in every format, as it does in such an index.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from domain_embed.config import EvalConfig, FormatsConfig
 from domain_embed.data.domain import DomainData
 from domain_embed.errors import ConfigError
 from domain_embed.retrieval.evaluate import SystemResult, _score, truncate
-from domain_embed.retrieval.search import documents_by_best_window, search_documents, windows_by_doc
+from domain_embed.retrieval.search import (
+    documents_by_best_window,
+    scalar_quantized_8bit,
+    search_documents,
+    windows_by_doc,
+)
 
 PRECISIONS = ("float32", "int8", "binary")
 
@@ -46,9 +53,10 @@ def rank_format(queries: np.ndarray, corpus: np.ndarray, parents: np.ndarray, da
                 dims: int, precision: str, cfg: EvalConfig) -> FormatResult:
     """Ranks `split` with the corpus windows stored as `precision` at `dims` (first dims, re-normalised).
 
-    int8 is calibrated on the corpus vectors themselves (`calibration_embeddings`): their per-dimension ranges are
-    what an index holds when it is built, a query alone cannot calibrate anything, and queries are quantised with
-    the same ranges so both sides share one scale. Scores are then int8 . int8 in float32 arithmetic, exact search.
+    int8 is FAISS's 8-bit scalar quantizer, its per-dimension ranges trained on the corpus vectors (what an index
+    holds once built): each window is stored as dims bytes, and the float32 query is scored against the vectors
+    those codes decode to, exactly as `IndexScalarQuantizer` scores it (exact search). The query is not quantised:
+    an index never stores it, and quantising it too (with offsets) adds an error that does not preserve the order.
 
     binary is the rescoring of the sentence-transformers quantization docs: the first stage ranks every window by
     Hamming distance (the dot product of the +-1 vectors, same order), then the top `rescore_depth` documents (at
@@ -62,10 +70,9 @@ def rank_format(queries: np.ndarray, corpus: np.ndarray, parents: np.ndarray, da
         res = search_documents(q, stored, parents, n_docs, k, cfg.search)
         indices, scores, backend = res.indices, res.scores, res.backend
     elif precision == "int8":
-        stored = quantize_embeddings(c, "int8", calibration_embeddings=c)
-        q8 = quantize_embeddings(q, "int8", calibration_embeddings=c)
-        res = search_documents(q8.astype(np.float32), stored.astype(np.float32), parents, n_docs, k, cfg.search)
-        indices, scores, backend = res.indices, res.scores, f"int8({res.backend})"
+        stored, decoded = scalar_quantized_8bit(c)
+        res = search_documents(q, decoded, parents, n_docs, k, cfg.search)
+        indices, scores, backend = res.indices, res.scores, f"faiss-sq8({res.backend})"
     elif precision == "binary":
         stored = quantize_embeddings(c, "ubinary")
         signs = _signs(stored, dims)

@@ -319,6 +319,20 @@ def _torch_searcher(corpus, cfg: SearchConfig, *, device: str, timings: dict[str
     return search_block, label
 
 
+def scalar_quantized_8bit(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's 8-bit scalar quantizer (`ScalarQuantizer` QT_8bit, the codec of `IndexScalarQuantizer`), its
+    per-dimension ranges trained on `corpus`: the uint8 codes an index stores, and the float32 vectors they decode to,
+    which such an index scores a float32 query against."""
+    faiss = _faiss()
+    if faiss is None:
+        raise ConfigError("int8 vectors are FAISS's 8-bit scalar quantizer: install faiss-cpu (or faiss-gpu)")
+    x = np.ascontiguousarray(corpus, dtype=np.float32)
+    quantizer = faiss.ScalarQuantizer(x.shape[1], faiss.ScalarQuantizer.QT_8bit)
+    quantizer.train(x)
+    codes = quantizer.compute_codes(x)
+    return codes, quantizer.decode(codes)
+
+
 def windows_by_doc(parents: np.ndarray) -> list[np.ndarray]:
     """Each document's window positions, in window order."""
     order = np.argsort(parents, kind="stable")

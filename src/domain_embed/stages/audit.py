@@ -100,4 +100,5 @@ def _truncation_note(mode: Truncation, s: dict, limit: int) -> str:
     return f"{docs}; {queries}"
 
 
-register(Stage("audit", requires=(), inputs=_inputs, run=_run))
+register(Stage("audit", requires=(), inputs=_inputs, run=_run,
+               does="token lengths with the model's own tokenizer; long documents as windows"))

@@ -16,6 +16,7 @@ class Stage:
     requires: tuple[str, ...]
     inputs: Callable[[RunContext], dict]
     run: Callable[[RunContext, Path, dict], None]  # (context, output folder, manifest extras)
+    does: str = ""  # what it produces, in a few words: the console's line for the stage
 
 
 REGISTRY: dict[str, Stage] = {}

@@ -131,4 +131,5 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
 
 
-register(Stage("baseline", requires=("audit",), inputs=_inputs, run=_run))
+register(Stage("baseline", requires=("audit",), inputs=_inputs, run=_run,
+               does="the base model, BM25 and their hybrid scored with bootstrap CIs"))

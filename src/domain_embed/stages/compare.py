@@ -344,4 +344,5 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
                       "served_tokens_billed": sum(r["tokens"]["billed_this_run"] for r in rows if "endpoint" in r)}
 
 
-register(Stage("compare", requires=("audit",), inputs=_inputs, run=_run))
+register(Stage("compare", requires=("audit",), inputs=_inputs, run=_run,
+               does="candidate models scored, and the model-selection guide"))

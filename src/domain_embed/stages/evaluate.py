@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from domain_embed.config import EVAL_REPORT_ONLY
 from domain_embed.context import RunContext
 from domain_embed.data.chunking import Windows
 from domain_embed.data.loader import load_domain_data
@@ -31,7 +32,7 @@ def tuned_embedder(ctx: RunContext):
 
 
 def _inputs(ctx: RunContext) -> dict:
-    e = dataclasses.asdict(ctx.cfg.eval)
+    e = {k: v for k, v in dataclasses.asdict(ctx.cfg.eval).items() if k not in EVAL_REPORT_ONLY}
     return {"finetune": ctx.run_dir.manifest("finetune")["key"], "baseline": ctx.run_dir.manifest("baseline")["key"],
             "eval": e, "matryoshka_dims": list(ctx.cfg.training.matryoshka_dims)}
 
@@ -110,4 +111,5 @@ def _ood(ctx: RunContext, tuned) -> dict:
     return out
 
 
-register(Stage("evaluate", requires=("finetune",), inputs=_inputs, run=_run))
+register(Stage("evaluate", requires=("finetune",), inputs=_inputs, run=_run,
+               does="the tuned model and its hybrid scored; vector formats"))

@@ -198,4 +198,5 @@ def train_log(ctx: RunContext) -> dict:
     return read_json(ctx.run_dir.stage_dir("finetune") / "train_log.json")
 
 
-register(Stage("finetune", requires=("triplets",), inputs=_training_inputs, run=_run))
+register(Stage("finetune", requires=("triplets",), inputs=_training_inputs, run=_run,
+               does="the model fine-tuned on the triplets, best checkpoint by dev nDCG@10"))

@@ -98,4 +98,5 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
 
 
-register(Stage("mine", requires=("baseline",), inputs=_inputs, run=_run))
+register(Stage("mine", requires=("baseline",), inputs=_inputs, run=_run,
+               does="hard negatives mined for the train and dev queries"))

@@ -175,4 +175,5 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
 
 
-register(Stage("rerank", requires=("evaluate", "reranker"), inputs=_inputs, run=_run))
+register(Stage("rerank", requires=("evaluate", "reranker"), inputs=_inputs, run=_run,
+               does="the cross-encoder over each first stage, depth chosen on dev"))

@@ -170,4 +170,5 @@ def _cross_encoder(ctx: RunContext, path: str) -> CrossEncoder:
                         trust_remote_code=ctx.cfg.model.trust_remote_code)
 
 
-register(Stage("reranker", requires=("evaluate",), inputs=_inputs, run=_run))
+register(Stage("reranker", requires=("evaluate",), inputs=_inputs, run=_run,
+               does="the cross-encoder trained on its first stage's lists (or rerank.model loaded)"))

@@ -91,4 +91,5 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
     extras["cost"] = {"corpus_encodes": ctx.embedder.stats.corpus_encodes - before}
 
 
-register(Stage("triplets", requires=("mine",), inputs=_inputs, run=_run))
+register(Stage("triplets", requires=("mine",), inputs=_inputs, run=_run,
+               does="leak-free train/dev triplets written"))
