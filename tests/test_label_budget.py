@@ -121,16 +121,16 @@ def _job(folder: Path, size: int | None, dev: tuple[float, float, float], adopt:
         pairs = {held, ("tuned", "baseline")}
         return {f"{a}-vs-{b}": {"recall@10": {"delta": d, "ci95": [lo, hi], "p_value": 0.01}} for a, b in pairs}
 
-    decision = {"adopt_tuned": adopt, "metric": "recall@10", "min_gain": 0.05, "reason": "scripted", "split": "dev"}
-    if held != ("tuned", "baseline"):
-        decision.update(fine_tuned=held[0], untuned=held[1])
+    decision = {"adopt": adopt, "system": held[0], "over": held[1], "metric": "recall@10", "min_gain": 0.05,
+                "reason": "scripted"}
     folder.mkdir(parents=True)
     (folder / "report.json").write_text(json.dumps({
         "run": {"config": {"eval": {"decision_metric": "recall@10"}, "data": {"max_train_queries": size},
                            "mining": {"splits": ["train", "dev"], "dev_split": "dev"}}},
         "data": {"splits": {"train": 2224, "dev": 564, "test": 2786}}, "eval": {"split": "test"},
         "dev": {"split": "dev", "comparisons": comparisons(*dev)}, "comparisons": comparisons(*test),
-        "mining": {"split": {"train_rows": 3 * (size or 2224)}}, "decision": decision}))
+        "mining": {"split": {"train_rows": 3 * (size or 2224)}},
+        "recommendation": {"split": "dev", "decision": decision}}))
 
 
 def test_the_summary_names_the_smallest_size_that_clears_the_bar_on_dev(tmp_path):

@@ -33,17 +33,17 @@ def gain(report: dict, split: str, a: str, b: str, metric: str) -> dict | None:
 
 
 def job_decision(report: dict) -> dict | None:
-    """What the job's recommendation decided on fine-tuning (report.json's `decision`, made by report/recommend.py):
-    adopted or not, on which split, metric and bar, and the gain of the fine-tuned system over the untuned one it was
-    held against, with its CI. A rule that names the two systems it compared (`fine_tuned`, `untuned`) is followed;
-    one that does not compared the tuned model with the base model."""
-    d = report.get("decision")
-    if d is None:
+    """What the job's recommendation decided on fine-tuning (report.json's `recommendation.decision`, made by
+    report/recommend.py): adopted or not, on which split, metric and bar, and the gain of fine-tuning's best system
+    over the best system without it, with its CI. None where the job weighed no fine-tuned system against an untuned
+    one."""
+    rec = report.get("recommendation") or {}
+    d = rec.get("decision")
+    if d is None or d.get("system") is None or d.get("over") is None:
         return None
-    fine_tuned, untuned = d.get("fine_tuned", GAP[0]), d.get("untuned", GAP[1])
-    return {"adopt": d["adopt_tuned"], "split": d["split"], "metric": d["metric"], "min_gain": d["min_gain"],
-            "fine_tuned": fine_tuned, "untuned": untuned,
-            "gain": gain(report, d["split"], fine_tuned, untuned, d["metric"]), "reason": d["reason"]}
+    return {"adopt": d["adopt"], "split": rec["split"], "metric": d["metric"], "min_gain": d["min_gain"],
+            "fine_tuned": d["system"], "untuned": d["over"],
+            "gain": gain(report, rec["split"], d["system"], d["over"], d["metric"]), "reason": d["reason"]}
 
 
 def _row(path: Path) -> dict:

@@ -176,4 +176,4 @@ def _run(ctx: RunContext, out: Path, extras: dict) -> None:
 
 
 register(Stage("rerank", requires=("evaluate", "reranker"), inputs=_inputs, run=_run,
-               does="the cross-encoder over each first stage, depth chosen on dev"))
+               does="the cross-encoder over each first stage, depth and weight chosen on dev"))
