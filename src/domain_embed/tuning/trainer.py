@@ -275,7 +275,7 @@ def train_model(model: SentenceTransformer, train_dataset: Dataset, dev: DevSet 
                                          evaluator=evaluator, callbacks=all_callbacks)
     use_logged_progress(trainer)
     on_cuda = not args.use_cpu
-    if multiple := devices.pad_multiple(on_cuda):  # the collator's only: the saved model is unchanged
+    if multiple := devices.pad_multiple(on_cuda, model.max_seq_length):  # the collator's: the saved model is as before
         trainer.data_collator.preprocess_fn = functools.partial(
             model.preprocess, processing_kwargs={"text": {"pad_to_multiple_of": multiple}})
     with devices.tf32_matmuls(on_cuda and devices.tf32_native()):
