@@ -81,10 +81,7 @@ class _Event:
         return 1000.0 * (end.seq - self.seq)
 
 
-def test_the_clock_waits_for_its_last_event_and_records_on_the_models_stream(monkeypatch):
-    """A one-batch encode reads its times right after queuing the copy, when its events are not complete yet. And
-    with the model on cuda:1 while cuda:0 is current, its copies and kernels run on cuda:1's stream: the events
-    must be recorded there to time them."""
+def _fake_events(monkeypatch):
     streams = {0: "stream of cuda:0", 1: "stream of cuda:1"}
     monkeypatch.setattr(torch.cuda, "Event", _Event)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams[
@@ -94,11 +91,23 @@ def test_the_clock_waits_for_its_last_event_and_records_on_the_models_stream(mon
     for name in ("h2d", "compute", "d2h"):
         with clock.span(name):
             pass
-    assert {event.stream for _, start, end in clock.spans for event in (start, end)} == {"stream of cuda:1"}
-    stats = EncodeStats()
+    return clock
+
+
+def test_the_clock_waits_for_its_last_event_before_reading_the_times(monkeypatch):
+    """A one-batch encode reads its times right after queuing the copy, when its events are not complete yet:
+    torch refuses elapsed_time then."""
+    clock, stats = _fake_events(monkeypatch), EncodeStats()
     clock.add_to(stats)
     assert (stats.h2d_s, stats.compute_s, stats.d2h_s) == (1.0, 1.0, 1.0)
     assert _Event.waited_up_to == _Event.recorded - 1  # one wait, for the last event: every other one is earlier
+
+
+def test_the_clock_records_on_the_models_stream(monkeypatch):
+    """The model on cuda:1 while cuda:0 is current: its copies and kernels run on cuda:1's stream, so its events must
+    be recorded there to time them."""
+    clock = _fake_events(monkeypatch)
+    assert {event.stream for _, start, end in clock.spans for event in (start, end)} == {"stream of cuda:1"}
 
 
 @pytest.mark.parametrize(("capability", "attention"), [((7, 5), None), ((7, 0), None), ((8, 0), "flash_attention_2"),
