@@ -16,7 +16,6 @@ wait, the checks and the write of a shard run on a writer thread while the next 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import json
@@ -25,7 +24,7 @@ import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import replace
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -311,7 +310,7 @@ class Embedder:
         with store.Writer() as writer:
             for lo, hi in todo:
                 shard = self._compute(ordered[lo:hi], prompt, bar)
-                writer.submit(functools.partial(self._finish, shard, sink(lo, hi)))
+                writer.submit(partial(self._finish, shard, sink(lo, hi)))
         return time.perf_counter() - t0
 
     def _finish(self, shard: tuple, write) -> None:
