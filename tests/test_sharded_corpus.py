@@ -16,7 +16,8 @@ import pytest
 from test_distributed import _env, _free_port
 
 from domain_embed.config import ModelConfig
-from domain_embed.retrieval.embed import Embedder, shard_bounds
+from domain_embed.retrieval.embed import Embedder
+from domain_embed.retrieval.shards import shard_bounds
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = [f"passage {i}: the firm shall notify the regulator " + "of a change in controllers " * (i % 7)

@@ -83,9 +83,11 @@ def recompute_activations(on_cuda: bool) -> bool:
     return not on_cuda
 
 
-def pad_multiple(on_cuda: bool) -> int | None:
-    """Batches padded to a multiple of 8 tokens fit tensor-core tiles; on CPU that is only extra tokens."""
-    return 8 if on_cuda else None
+def pad_multiple(on_cuda: bool, window: int) -> int | None:
+    """Batches padded to a multiple of 8 tokens fit tensor-core tiles; on CPU that is only extra tokens. Never for
+    a model window off the 8-token grid: a text cut at the window would be padded past it, to positions the model
+    may not have."""
+    return 8 if on_cuda and window % 8 == 0 else None
 
 
 def placement(device: str | None) -> str | None:
@@ -101,6 +103,11 @@ def placement(device: str | None) -> str | None:
 def on_cuda(device: str | None) -> bool:
     """Whether an encode with this `device` setting (None or "auto": the default) runs on a GPU."""
     return torch.cuda.is_available() and (device in (None, "auto") or device.startswith("cuda"))
+
+
+def flash_attention_native(device: str | None) -> bool:
+    """flash-attn 2 runs on Ampere and newer (compute capability 8.0) only: it raises on a T4 or V100."""
+    return torch.cuda.get_device_capability(torch.device(placement(device)))[0] >= 8
 
 
 @dataclass(frozen=True)
@@ -131,7 +138,8 @@ def encode_settings(device: str | None, half: bool, *, max_batch_tokens: int | s
                     attn_implementation: str = "auto") -> EncodeSettings:
     """Fills each `auto` with this device's default; explicit values are kept (and checked). Flash attention
     (unpadded: sentence-transformers then packs the texts of a batch without padding) is the GPU default only in a
-    16-bit dtype and when the flash-attn package is installed; otherwise transformers' own default stays."""
+    16-bit dtype, when the flash-attn package is installed and the GPU is Ampere or newer; otherwise transformers'
+    own default stays (sdpa for BERT)."""
     from domain_embed.errors import ConfigError
 
     gpu = on_cuda(device)
@@ -140,7 +148,7 @@ def encode_settings(device: str | None, half: bool, *, max_batch_tokens: int | s
     if attn == "flash_attention_2":
         from transformers.utils import is_flash_attn_2_available
 
-        attn = attn if half and is_flash_attn_2_available() else None
+        attn = attn if half and is_flash_attn_2_available() and flash_attention_native(device) else None
     if gpu:
         base = replace(base, workers=min(base.workers, loader_workers(True)))
     chosen = EncodeSettings(

@@ -6,17 +6,9 @@ import pytest
 
 from domain_embed.config import ModelConfig
 from domain_embed.errors import ConfigError, ModelLoadError
-from domain_embed.retrieval.embed import (
-    Embedder,
-    _chunks,
-    _cut,
-    _pad_to_bucket,
-    encode_order,
-    resolve_encode_dtype,
-    resolve_model_location,
-    shard_bounds,
-    texts_fingerprint,
-)
+from domain_embed.retrieval.batching import _chunks, _cut, _pad_to_bucket
+from domain_embed.retrieval.embed import Embedder, resolve_encode_dtype, resolve_model_location, texts_fingerprint
+from domain_embed.retrieval.shards import encode_order, shard_bounds
 
 _SETTINGS = ("max_batch_tokens", "workers", "shard_rows", "compile", "attn_implementation")
 
@@ -91,12 +83,15 @@ def test_unreachable_hub_model_is_a_clear_error():
         _ = emb.model
 
 
-def _fake_cuda(monkeypatch, bf16: bool) -> None:
+def _fake_cuda(monkeypatch, bf16: bool, capability: tuple[int, int] = (8, 0)) -> None:
+    """One visible GPU of this compute capability (bf16 native or not), as far as the package asks."""
     import torch
 
     import domain_embed.devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(domain_embed.devices, "bf16_native", lambda: bf16)
 
 

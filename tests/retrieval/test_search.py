@@ -48,7 +48,7 @@ def test_torch_precision_is_float32_unless_fp16_is_asked():
     """The CUDA decision, checked on CPU: "exact" must not silently mean float16 on a GPU."""
     import torch
 
-    from domain_embed.retrieval.search import _torch_precision
+    from domain_embed.retrieval.torch_search import _torch_precision
 
     assert _torch_precision("cuda", False) == (torch.float32, "torch-cuda")
     assert _torch_precision("cuda", True) == (torch.float16, "torch-cuda(fp16)")
@@ -483,3 +483,23 @@ def test_gpu_sharding_adds_in_blocks(monkeypatch, index):
     np.testing.assert_array_equal(res.indices, _brute(q, d, 10)[1])
     assert res.backend == ("faiss-gpu(3,fp16)" if index == "flat" else "faiss-ivf-gpu(3,nlist=8,nprobe=8,fp16)")
     assert len(syncs) == (1 if index == "flat" else 2)  # add; train and add
+
+
+def test_a_rank_waits_for_its_own_gpu_only(monkeypatch):
+    """Under a launcher each rank searches on its own GPU: a sync of every visible one would open a CUDA context on
+    each of them, from every rank (hundreds of MB each). Without a launcher FAISS shards over them all."""
+    import torch
+
+    import domain_embed.retrieval.search as mod
+
+    synced = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    mod._sync_cuda()
+    assert synced == [0, 1, 2, 3]
+    synced.clear()
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    mod._sync_cuda()
+    assert synced == [2]

@@ -396,7 +396,7 @@ def test_padding_to_a_multiple_of_8_changes_the_shapes_not_the_training(tiny_mod
     plain = run("plain")
     assert any(w % 8 for w in widths)
     widths.clear()
-    monkeypatch.setattr(trainer.devices, "pad_multiple", lambda on_cuda: 8)
+    monkeypatch.setattr(trainer.devices, "pad_multiple", lambda on_cuda, window: 8)
     padded = run("padded")
     assert widths and all(w % 8 == 0 for w in widths)
     np.testing.assert_allclose(padded, plain, rtol=1e-5)

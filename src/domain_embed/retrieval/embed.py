@@ -7,9 +7,11 @@ split the shards between them, and a killed encode resumes at the first shard it
 names its layout, so shards of another layout are never resumed, and a lock per key keeps two jobs that encode the
 same texts from breaking each other's shards.
 
-The encode itself (`Embedder._compute`) is a torch DataLoader over length-sorted texts: the tokenizer cuts batches of
-at most `max_batch_tokens` (padding included) in its own worker processes on a GPU, into pinned memory; the vectors
-stay on the device until the shard ends, so a shard costs one device-to-host copy and one host sync.
+The encode itself (`Embedder._compute`) runs one torch DataLoader per Embedder over length-sorted texts
+(`batching`): batches of at most `max_batch_tokens` real tokens (padding included), tokenized in worker processes
+forked once on a GPU, into pinned memory; the vectors stay on the device until the shard ends, so a shard costs one
+device-to-host copy and one host sync, and the package itself syncs no batch (docs/encode-syncs.md). The copy's
+wait, the checks and the write of a shard run on a writer thread while the next shard computes (`shards.Writer`).
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
-from functools import cached_property
+from contextlib import nullcontext
+from dataclasses import replace
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,11 @@ from tqdm.auto import tqdm
 
 from domain_embed import distributed
 from domain_embed.config import ModelConfig
-from domain_embed.devices import encode_settings
+from domain_embed.devices import encode_settings, placement
 from domain_embed.errors import ConfigError, ModelLoadError
+from domain_embed.retrieval import shards as store
+from domain_embed.retrieval.batching import _COMPILE_BUCKET, Loader, _one_graph_per_bucket
+from domain_embed.retrieval.timing import Clock, EncodeStats
 from domain_embed.rundir import publish_dir
 
 log = logging.getLogger(__name__)
@@ -42,10 +45,6 @@ _SKIP_IN_FINGERPRINT = {"README.md", ".gitattributes"}
 # The shard layout: `shard_bounds` and `encode_order`. Its version and the shard size name the shard folder, so a
 # change to either never resumes shards written by the other (2: length-ordered shards, 0087455)
 _LAYOUT = 2
-_MAX_SHARDS = 1024  # a shard is a multiple of `shard_rows` texts, at most about this many shards per entry
-_CHUNK_BATCHES = 4  # one tokenizer call covers about this many batches; the batches are cut from it exactly
-_CHARS_PER_TOKEN = 4  # to size that call before tokenizing: the cut is exact, only the call's size is estimated
-_COMPILE_BUCKET = 64  # compiled: sequences padded up to a multiple of this many tokens (few shapes to compile)
 _TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # model.encode_dtype -> torch name
 
 
@@ -115,183 +114,6 @@ def texts_fingerprint(texts: list[str]) -> str:
     return h.hexdigest()
 
 
-def shard_bounds(n: int, rows: int) -> list[tuple[int, int]]:
-    """The contiguous row ranges [lo, hi) that n texts are encoded in: a function of n and the shard size alone,
-    never of the number of ranks. Each shard is encoded by one process, in the same batches whatever the ranks, so a
-    sharded entry is byte-identical to a single-process one and any run resumes from any other's shards. `rows` texts
-    each up to 1,024 shards, then larger: at most 1,024 shard files per entry."""
-    rows = rows * max(1, -(-n // (rows * _MAX_SHARDS)))
-    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
-
-
-def encode_order(texts: list[str], rows: int) -> np.ndarray:
-    """The row order the shards follow (shard [lo, hi) encodes texts[order[lo:hi]]), a function of the texts alone.
-    Longest first, so that a batch pads to texts of about its own length (contiguous row ranges would pad every
-    batch to its longest text: 1.4x the tokens at batch 64 on ObliQA, 3x at batch 256); the full shards alternate
-    long and short, so that a contiguous run of shards, a rank's share, gets about an even part of the work."""
-    by_length = np.argsort([-len(t) for t in texts], kind="stable")
-    chunks = [by_length[lo:hi] for lo, hi in shard_bounds(len(texts), rows)]
-    full = chunks[:-1] if len(chunks) > 1 and len(chunks[-1]) < len(chunks[0]) else chunks
-    alternating = [full[i // 2] if i % 2 == 0 else full[-1 - i // 2] for i in range(len(full))]
-    return np.concatenate([*alternating, *chunks[len(full):]]) if chunks else by_length
-
-
-def _is_entry(final: Path) -> bool:
-    return (final / "meta.json").exists()
-
-
-@dataclass
-class EncodeStats:
-    """What this process encoded, and where the time of its encodes went (summed over them).
-
-    The time split: `tokenize_s` is host tokenization (summed over the workers when they tokenize ahead, so it
-    overlaps the model there), `h2d_s` host-to-device copies, `compute_s` the model (forward, pooling, normalising),
-    `d2h_s` the one device-to-host copy per shard. On CUDA the last three are CUDA-event times on the GPU; on CPU
-    `compute_s` is wall time and the copies are 0. `seconds` is the wall time of the encodes. `tokens` counts real
-    (non-padding) tokens, `padded_tokens` what the model computed, padding included: their ratio is the padding
-    overhead, and `tokens` is what a FLOP count (MFU) should use."""
-
-    corpus_encodes: int = 0  # full corpus encodings computed (cache misses), counted once, on rank 0
-    shards_encoded: int = 0  # shards this process encoded (a resumed encode skips the finished ones)
-    texts_encoded: int = 0  # texts this process encoded
-    cache_hits: int = 0
-    seconds: float = 0.0
-    batches: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    tokenize_s: float = 0.0
-    h2d_s: float = 0.0
-    compute_s: float = 0.0
-    d2h_s: float = 0.0
-
-    def minus(self, before: EncodeStats) -> EncodeStats:
-        return EncodeStats(**{name: value - getattr(before, name) for name, value in vars(self).items()})
-
-
-class _Clock:
-    """Times the device phases of one shard: CUDA events read once, at the shard's one sync; on CPU, perf_counter
-    around the model (host-device copies are none there)."""
-
-    def __init__(self, cuda: bool):
-        self.cuda, self.spans = cuda, []
-
-    @contextmanager
-    def span(self, name: str) -> Iterator[None]:
-        if self.cuda:
-            import torch
-
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-            self.spans.append((name, start, end))
-        elif name == "compute":
-            t0 = time.perf_counter()
-            yield
-            self.spans.append((name, t0, time.perf_counter()))
-        else:
-            yield
-
-    def add_to(self, stats: EncodeStats) -> None:
-        """After the shard's sync: every recorded span into `stats`."""
-        for name, start, end in self.spans:
-            seconds = start.elapsed_time(end) / 1000 if self.cuda else end - start
-            setattr(stats, f"{name}_s", getattr(stats, f"{name}_s") + seconds)
-        self.spans.clear()
-
-
-def _chunks(texts: list[str], tokens: int, window: int) -> list[tuple[int, list[str]]]:
-    """Consecutive runs of `texts` of about `tokens` tokens each (estimated from characters), one tokenizer call
-    each: (first row, texts)."""
-    out, lo, size = [], 0, 0
-    for i, text in enumerate(texts):
-        size += min(window, len(text) // _CHARS_PER_TOKEN + 2)
-        if size >= tokens or i == len(texts) - 1:
-            out.append((lo, texts[lo:i + 1]))
-            lo, size = i + 1, 0
-    return out
-
-
-def _cut(features: dict, budget: int) -> list[tuple[int, int, dict]]:
-    """The padded `features` of a chunk cut into consecutive batches of at most `budget` tokens each (padding
-    included; one text over it goes alone), each trimmed to its own longest text: the same tensors the tokenizer
-    gives for those texts alone, with right or left padding."""
-    mask = features["attention_mask"]
-    lengths, n = mask.sum(1).tolist(), len(mask)
-    out, lo = [], 0
-    while lo < n:
-        hi, longest = lo + 1, lengths[lo]
-        while hi < n and (hi + 1 - lo) * max(longest, lengths[hi]) <= budget:
-            longest = max(longest, lengths[hi])
-            hi += 1
-        keep = mask[lo:hi].any(0)
-        batch = {}
-        for key, value in features.items():
-            if hasattr(value, "shape") and value.dim() >= 1 and value.shape[0] == n:
-                value = value[lo:hi]
-                if value.dim() >= 2 and value.shape[1] == mask.shape[1]:
-                    value = value[:, keep]
-            batch[key] = value
-        out.append((lo, hi, batch))
-        lo = hi
-    return out
-
-
-def _pad_to_bucket(features: dict, pad_id: int, left: bool, window: int) -> dict:
-    """Pads the sequence axis up to a multiple of `_COMPILE_BUCKET`, so a compiled model sees few shapes; never past
-    the model's window (the last bucket is the window itself), whose positions may end there."""
-    import torch
-
-    width = features["attention_mask"].shape[1]
-    extra = min(-(-width // _COMPILE_BUCKET) * _COMPILE_BUCKET, max(width, window)) - width
-    if not extra:
-        return features
-    out = {}
-    for key, value in features.items():
-        if hasattr(value, "shape") and value.dim() == 2 and value.shape[1] == width:
-            pad = torch.full((value.shape[0], extra), pad_id if key == "input_ids" else 0, dtype=value.dtype)
-            value = torch.cat([pad, value] if left else [value, pad], dim=1)
-        out[key] = value
-    return out
-
-
-def _one_graph_per_bucket(features: dict) -> None:
-    """Marks a bucket-padded batch for dynamo: the sequence axis static (one graph per length bucket), the batch axis
-    dynamic and unbacked, so that a batch of one text needs no graph of its own (backed sizes 0 and 1 specialise).
-    Left to dynamo, a second shape makes both axes dynamic: the buckets would buy nothing."""
-    import torch
-
-    for value in features.values():
-        if isinstance(value, torch.Tensor) and value.dim() == 2:
-            torch._dynamo.decorators.mark_unbacked(value, 0)
-            torch._dynamo.mark_static(value, 1)
-
-
-class _Tokenize:
-    """The DataLoader's collate_fn: one chunk of texts into batches of real and padded token counts. It runs in the
-    worker processes when there are any (forked: the model is never pickled)."""
-
-    def __init__(self, model, prompt: str, budget: int, bucket_window: int | None):
-        """`bucket_window`: compiled, batches are padded to length buckets up to this window; None: they are not."""
-        self.model, self.prompt, self.budget, self.bucket_window = model, prompt or None, budget, bucket_window
-
-    def __call__(self, chunk: tuple[int, list[str]]) -> tuple[float, list[tuple[int, int, dict, int, int]]]:
-        t0 = time.perf_counter()
-        first, texts = chunk
-        features = self.model.preprocess(texts, prompt=self.prompt)
-        if "attention_mask" in features:  # padded: cut into token-budget batches
-            tokenizer = self.model.tokenizer
-            batches = _cut(features, self.budget)
-            if self.bucket_window:
-                batches = [(lo, hi, _pad_to_bucket(b, tokenizer.pad_token_id or 0, tokenizer.padding_side == "left",
-                                                   self.bucket_window)) for lo, hi, b in batches]
-            out = [(first + lo, first + hi, b, int(b["attention_mask"].sum()), b["attention_mask"].numel())
-                   for lo, hi, b in batches]
-        else:  # packed without padding (flash attention): the chunk is one batch
-            n = features["input_ids"].numel()
-            out = [(first, first + len(texts), features, n, n)]
-        return time.perf_counter() - t0, out
-
 
 class Embedder:
     """A sentence-transformers model with lazy loading and an on-disk embedding cache."""
@@ -321,7 +143,8 @@ class Embedder:
     def model(self):
         """Loaded straight in the encode dtype (no float32 copy on the GPU first); sentence-transformers casts the
         modules after the transformer to match. An explicit dtype also overrides transformers' default of the
-        checkpoint's own dtype, so fp32 really is fp32."""
+        checkpoint's own dtype, so fp32 really is fp32. Under a launcher, on this rank's GPU (`devices.placement`).
+        """
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -330,7 +153,7 @@ class Embedder:
         if self.settings.attn_implementation:
             kwargs["attn_implementation"] = self.settings.attn_implementation
         try:
-            model = SentenceTransformer(self.location, device=self.device, revision=self.cfg.revision,
+            model = SentenceTransformer(self.location, device=placement(self.device), revision=self.cfg.revision,
                                         trust_remote_code=self.cfg.trust_remote_code, model_kwargs=kwargs)
         except Exception as exc:  # the hub, the filesystem and transformers all raise different types
             hint = " (offline? set model.path to a local copy)" if "/" in self.location else ""
@@ -343,6 +166,11 @@ class Embedder:
                  model.device, time.perf_counter() - t0, model.max_seq_length, model.dtype,
                  getattr(model[0], "config", None) and model[0].config._attn_implementation)
         return model
+
+    @cached_property
+    def _loader(self) -> Loader:
+        """The tokenizing DataLoader, made once: its workers serve every shard and call of this Embedder."""
+        return Loader(self.model, self.settings.workers, pin=self.model.device.type == "cuda")
 
     @cached_property
     def _forward(self):
@@ -419,35 +247,40 @@ class Embedder:
         of them in a single process), rank 0 assembles the entry while the others wait, and every rank reads it.
         Rank 0 holds the key's lock from the miss to the entry, so another job with the same key waits, then hits."""
         rows = self.settings.shard_rows
-        bounds, order = shard_bounds(len(texts), rows), encode_order(texts, rows)
+        bounds, order = store.shard_bounds(len(texts), rows), store.encode_order(texts, rows)
         ordered = [texts[i] for i in order]
         if self.cache_dir is None:  # nothing to resume or share: this process encodes everything
             out = np.empty((len(texts), self.dim), dtype=self.cache_dtype)
-            t0, bar = time.perf_counter(), self._bar(what, len(texts))
-            for lo, hi in bounds:
-                out[order[lo:hi]] = self._compute(ordered[lo:hi], prompt,
-                                                  np.empty((hi - lo, self.dim), dtype=self.cache_dtype), bar)
+            bar = self._bar(what, len(texts))
+
+            def into_out(lo: int, hi: int):
+                return lambda vectors: out.__setitem__(order[lo:hi], vectors)
+
+            seconds = self._encode_shards(ordered, prompt, bounds, into_out, bar)
             bar.close()
-            self._count(what, bounds, len(bounds), time.perf_counter() - t0)
+            self._count(what, bounds, len(bounds), seconds)
             return out
         key = self._cache_key(texts_fingerprint(texts), prompt)
         final = self.cache_dir / "embeddings" / key
-        if distributed.main_only(_is_entry)(final):
+        if distributed.main_only(store.is_entry)(final):
             return self._hit(final, what, len(texts))
         with self._lock(key):
-            if distributed.main_only(_is_entry)(final):  # another job finished it while this one waited
+            if distributed.main_only(store.is_entry)(final):  # another job finished it while this one waited
                 return self._hit(final, what, len(texts))
             shards = final.with_name(f"{key}.shards-v{_LAYOUT}-{rows}")
-            finished = _finished(shards)
-            todo = [bounds[i] for i in distributed.share(len(bounds)) if bounds[i] not in finished]
+            done = store.finished(shards)
+            todo = [bounds[i] for i in distributed.share(len(bounds)) if bounds[i] not in done]
             bar = self._bar(what, len(texts))
-            bar.update(sum(hi - lo for lo, hi in finished))
+            bar.update(sum(hi - lo for lo, hi in done))
 
             def others() -> None:  # rank 0, done, waits: every rank's finished shards, from the disk they share
-                bar.n = sum(hi - lo for lo, hi in _finished(shards))
+                bar.n = sum(hi - lo for lo, hi in store.finished(shards))
                 bar.refresh()
 
-            spent = distributed.gather(lambda: self._encode_shards(ordered, prompt, todo, shards, bar),
+            def published(lo: int, hi: int):
+                return lambda vectors: store.publish_shard(store.shard_dir(shards, lo, hi), vectors)
+
+            spent = distributed.gather(lambda: self._encode_shards(ordered, prompt, todo, published, bar),
                                        while_waiting=None if bar.disable else others)
             seconds = spent[distributed.rank()] if len(spent) > 1 else spent[0]
             bar.close()
@@ -475,19 +308,27 @@ class Embedder:
         return tqdm(total=total, desc=f"encode {what}", unit="text",
                     disable=not (self.show_progress and distributed.is_main()))
 
-    def _encode_shards(self, ordered: list[str], prompt: str, todo: list[tuple[int, int]], shards: Path,
-                       bar: tqdm) -> float:
-        """Publishes each shard whole (`publish_dir`), so a killed encode leaves only finished shards behind.
-        `ordered`: the texts in `encode_order`. Returns the seconds it took: the encode's rate, never the wait."""
+    def _encode_shards(self, ordered: list[str], prompt: str, todo: list[tuple[int, int]], sink, bar: tqdm) -> float:
+        """Computes the shards of `todo` one after the other, each finished (`_finish`: into `sink(lo, hi)`) on the
+        writer thread while the next one computes. `ordered`: the texts in `encode_order`. Returns the seconds it
+        took: the encode's rate, never the wait for other ranks."""
         t0 = time.perf_counter()
-        for lo, hi in todo:
-            with publish_dir(_shard(shards, lo, hi)) as tmp:
-                out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
-                                                shape=(hi - lo, self.dim))
-                self._compute(ordered[lo:hi], prompt, out, bar)
-                out.flush()
-                del out
+        with store.Writer() as writer:
+            for lo, hi in todo:
+                shard = self._compute(ordered[lo:hi], prompt, bar)
+                writer.submit(partial(self._finish, shard, sink(lo, hi)))
         return time.perf_counter() - t0
+
+    def _finish(self, shard: tuple, write) -> None:
+        """On the writer thread: waits for the shard's copy to the host (its one sync, `Clock.add_to`), checks it
+        and hands it to `write` in the cache dtype."""
+        host, clock = shard
+        clock.add_to(self.stats)
+        vectors = host.numpy()
+        if self.encode_dtype != "fp32" and not np.isfinite(vectors).all():  # half overflows in some models
+            raise ConfigError(f"{self.location} gave non-finite embeddings with model.encode_dtype="
+                              f"{self.encode_dtype}: set model.encode_dtype=fp32 (or bf16 on a GPU that has it)")
+        write(vectors.astype(self.cache_dtype, copy=False))
 
     def _assemble(self, final: Path, shards: Path, bounds: list[tuple[int, int]], order: np.ndarray, prompt: str,
                   what: str) -> None:
@@ -498,7 +339,7 @@ class Embedder:
             out = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=self.cache_dtype,
                                             shape=(n, self.dim))
             for lo, hi in bounds:
-                out[order[lo:hi]] = np.load(_shard(shards, lo, hi) / "embeddings.npy", mmap_mode="r")
+                out[order[lo:hi]] = np.load(store.shard_dir(shards, lo, hi) / "embeddings.npy", mmap_mode="r")
             out.flush()
             del out
             meta = {"model": self.location, "fingerprint": self.fingerprint, "n": n, "dim": self.dim,
@@ -523,29 +364,25 @@ class Embedder:
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())
 
-    def _compute(self, texts: list[str], prompt: str, out: np.ndarray, bar: tqdm) -> np.ndarray:
-        """Encodes one shard into `out`. Texts come longest first (`encode_order`: little padding, an early OOM).
-        Vectors leave the model as float32 and are normalised there, so a half-precision encode still stores
-        unit-length vectors; they stay on the device until the shard ends: one copy, one sync."""
+    def _compute(self, texts: list[str], prompt: str, bar: tqdm) -> tuple:
+        """Encodes one shard: (its vectors on their way to the host, its clock), for `_finish`. Texts come longest
+        first (`encode_order`: little padding, an early OOM). Vectors leave the model as float32 and are normalised
+        there, so a half-precision encode still stores unit-length vectors; they stay on the device until the shard
+        ends: one copy (into pinned memory, not waited for here), one sync (`_finish`'s). A text of no token keeps a
+        zero vector."""
         import torch
-        from torch.utils.data import DataLoader
 
-        t0, model, s = time.perf_counter(), self.model, self.settings
+        t0, model, s, stats = time.perf_counter(), self.model, self.settings, self.stats
         device = model.device
         cuda = device.type == "cuda"
-        window = self.max_seq_length
-        flat = getattr(model[0], "can_flatten_inputs", False)  # packed: a chunk is one batch
-        chunks = _chunks(texts, s.max_batch_tokens * (1 if flat else _CHUNK_BATCHES), window)
-        loader = DataLoader(chunks, batch_size=None, collate_fn=_Tokenize(model, prompt, s.max_batch_tokens,
-                                                                          window if s.compile else None),
-                            num_workers=s.workers, pin_memory=cuda,
-                            multiprocessing_context="fork" if s.workers else None)
-        vectors = torch.empty((len(texts), self.dim), dtype=torch.float32, device=device)
-        clock, stats = _Clock(cuda), self.stats
+        vectors = torch.zeros((len(texts), self.dim), dtype=torch.float32, device=device)
+        clock = Clock(device)
+        batches = self._loader.batches(texts, prompt, s.max_batch_tokens, self.max_seq_length,
+                                       self.max_seq_length if s.compile else None)
         with torch.inference_mode():
-            for tokenize_s, batches in loader:
+            for tokenize_s, cut in batches:
                 stats.tokenize_s += tokenize_s
-                for lo, hi, features, tokens, padded in batches:
+                for lo, hi, features, tokens, padded in cut:
                     with clock.span("h2d"):
                         features = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                                     for k, v in features.items()}
@@ -555,25 +392,7 @@ class Embedder:
                     stats.batches, stats.tokens, stats.padded_tokens = (stats.batches + 1, stats.tokens + tokens,
                                                                         stats.padded_tokens + padded)
                     bar.update(hi - lo)
-        if self.encode_dtype != "fp32" and not torch.isfinite(vectors).all():  # half overflows in some models
-            raise ConfigError(f"{self.location} gave non-finite embeddings with model.encode_dtype="
-                              f"{self.encode_dtype}: set model.encode_dtype=fp32 (or bf16 on a GPU that has it)")
         with clock.span("d2h"):
-            host = vectors.cpu()
-        clock.add_to(stats)  # after the sync of .cpu()
-        out[:] = host.numpy().astype(self.cache_dtype, copy=False)
+            host = torch.empty(vectors.shape, dtype=vectors.dtype, pin_memory=cuda).copy_(vectors, non_blocking=cuda)
         stats.seconds += time.perf_counter() - t0
-        return out
-
-
-def _shard(shards: Path, lo: int, hi: int) -> Path:
-    return shards / f"{lo}-{hi}"
-
-
-def _finished(shards: Path) -> set[tuple[int, int]]:
-    """The shards published in `shards` (one directory listing; unfinished ones are hidden temporary folders)."""
-    try:
-        names = os.listdir(shards)
-    except FileNotFoundError:
-        return set()
-    return {(int(lo), int(hi)) for lo, _, hi in (name.partition("-") for name in names if not name.startswith("."))}
+        return host, clock

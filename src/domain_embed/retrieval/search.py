@@ -1,8 +1,8 @@
 """Inner-product top-k search: the only module that touches FAISS.
 
 Exact search has two backends with one contract: FAISS (`IndexFlatIP`, sharded over all visible GPUs
-when faiss has them, or on the rank's own GPU under a launcher) and torch (blocked matmul + top-k, on
-CUDA when present) for machines without FAISS GPU. Both compute in float32 unless `search.fp16` asks for a
+when faiss has them, or on the rank's own GPU under a launcher) and torch (`torch_search`: blocked matmul + top-k,
+on CUDA when present) for machines without FAISS GPU. Both compute in float32 unless `search.fp16` asks for a
 16-bit index, and then say so.
 Mining at scale may use FAISS IVF (`index=ivf`, optionally with product quantisation).
 The corpus may be a float16 memmap larger than RAM, so it is only ever read, converted and added in
@@ -13,21 +13,18 @@ launcher, when every rank searches together, the ranks split the query blocks an
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
 from domain_embed import distributed
 from domain_embed.config import SearchConfig
 from domain_embed.errors import ConfigError
-
-if TYPE_CHECKING:
-    import torch
+from domain_embed.retrieval.torch_search import torch_searcher
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +33,6 @@ _CORPUS_BLOCK = 65536  # corpus rows converted/moved/added at a time
 _MIN_TRAIN_PER_CELL = 39  # faiss k-means wants at least this many training points per centroid
 _PQ_CENTROIDS = 256  # 8-bit product quantiser: each sub-quantiser needs this many training points
 _TRAIN_SEED = 0
-_RESIDENT_FRACTION = 0.5  # torch keeps the corpus on its device only below this share of free memory
 _WINDOW_K_FACTOR = 4  # search_documents first fetches this many windows per document asked for
 
 BlockSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (queries, k) -> scores, indices
@@ -72,11 +68,14 @@ def _cuda_available() -> bool:
 
 
 def _sync_cuda() -> None:
-    """Waits for every visible GPU: CUDA calls return before the work is done, and FAISS shards over all GPUs."""
+    """Waits for the GPUs this process searches on: CUDA calls return before the work is done. Every visible one
+    without a launcher (FAISS shards over them all); under one, the rank's own (`_to_gpu`): a sync of the others
+    would open a CUDA context on each of them, in every rank."""
     import torch
 
     if torch.cuda.is_available():
-        for device in range(torch.cuda.device_count()):
+        own = [distributed.cuda_device()] if distributed.world_size() > 1 else range(torch.cuda.device_count())
+        for device in own:
             torch.cuda.synchronize(device)
 
 
@@ -172,7 +171,8 @@ def _searcher(corpus, k: int, cfg: SearchConfig, timings: dict[str, float]) -> t
     chosen = choose_backend(cfg.backend, cfg.device, k, index=cfg.index, allow_cpu_fallback=cfg.allow_cpu_fallback)
     if chosen.startswith("faiss"):
         return *_faiss_searcher(corpus, cfg, gpu=chosen == "faiss-gpu", timings=timings), chosen
-    return *_torch_searcher(corpus, cfg, device="cuda" if chosen == "torch-cuda" else "cpu", timings=timings), chosen
+    with _timed(timings, "add", gpu=chosen == "torch-cuda"):  # building it moves the corpus to the device
+        return *torch_searcher(corpus, fp16=cfg.fp16, device=chosen.removeprefix("torch-"), block=_CORPUS_BLOCK), chosen
 
 
 def _corpus_blocks(corpus, lo: int = 0, hi: int | None = None):
@@ -263,60 +263,6 @@ def _trained_ivf(corpus, cfg: SearchConfig, *, gpu: bool):
         index.train(sample)
     index.nprobe = nprobe  # copied to GPU clones
     return index, [f"nlist={nlist}", f"nprobe={nprobe}"] + ([f"m={cfg.pq_m}"] if cfg.pq_m else [])
-
-
-def _free_bytes(device: str) -> int:
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.mem_get_info()[0]
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def _torch_precision(device: str, fp16: bool) -> tuple[torch.dtype, str]:
-    """(dtype, label): float32 unless `search.fp16` asks, on every device, so that exact search, the baseline
-    metrics and mining margins do not depend on the machine; a 16-bit run says so in its label."""
-    import torch
-
-    return (torch.float16, f"torch-{device}(fp16)") if fp16 else (torch.float32, f"torch-{device}")
-
-
-def _torch_searcher(corpus, cfg: SearchConfig, *, device: str, timings: dict[str, float]) -> tuple[BlockSearch, str]:
-    """Exact blocked matmul + top-k, merged across corpus blocks.
-
-    The corpus stays on the device only if it fits comfortably (moving it there is the `add` phase); otherwise
-    its blocks are streamed to the device for every query block: bounded memory at the price of more transfers."""
-    import torch
-
-    dtype, label = _torch_precision(device, cfg.fp16)
-    n, d = corpus.shape
-    starts = range(0, n, _CORPUS_BLOCK)
-
-    def load(start: int):
-        block = np.asarray(corpus[start:start + _CORPUS_BLOCK])
-        return torch.from_numpy(block if block.flags.writeable else block.copy()).to(device=device, dtype=dtype)
-
-    resident = n * d * dtype.itemsize < _RESIDENT_FRACTION * _free_bytes(device)
-    with _timed(timings, "add", gpu=device == "cuda"):
-        blocks = [load(s) for s in starts] if resident else None
-    log.info("torch search on %s: corpus %s", device, "resident" if resident else "streamed per query block")
-
-    def search_block(q: np.ndarray, k: int):
-        with torch.inference_mode():
-            qt = torch.from_numpy(q if q.flags.writeable else q.copy()).to(device=device, dtype=dtype)
-            best_s = best_i = None
-            for b, start in enumerate(starts):
-                block = blocks[b] if resident else load(start)
-                s, i = torch.topk((qt @ block.T).float(), min(k, block.shape[0]), dim=1)
-                i += start
-                if best_s is not None:
-                    s = torch.cat([best_s, s], 1)
-                    s, pos = torch.topk(s, min(k, s.shape[1]), dim=1)  # k may exceed two blocks' worth
-                    i = torch.gather(torch.cat([best_i, i], 1), 1, pos)
-                best_s, best_i = s, i
-            return best_s.cpu().numpy(), best_i.cpu().numpy()
-
-    return search_block, label
 
 
 def scalar_quantized_8bit(corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

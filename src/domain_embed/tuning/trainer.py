@@ -287,7 +287,7 @@ def train_model(model: SentenceTransformer, train_dataset: Dataset, dev: DevSet 
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss,
                                              evaluator=evaluator, callbacks=all_callbacks)
         use_logged_progress(trainer)
-        if multiple := devices.pad_multiple(on_cuda):  # the collator's only: the saved model is unchanged
+        if multiple := devices.pad_multiple(on_cuda, model.max_seq_length):  # the collator's: the model is as before
             trainer.data_collator.preprocess_fn = functools.partial(
                 model.preprocess, processing_kwargs={"text": {"pad_to_multiple_of": multiple}})
         metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
