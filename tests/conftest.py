@@ -108,7 +108,7 @@ def make_config():
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from domain_embed.config import register_configs
+    from domain_embed.hydra_setup import register_configs
 
     def _make(run_dir: Path, *overrides: str):
         register_configs()

@@ -111,8 +111,8 @@ def test_the_console_handler_keeps_the_run_s_own_lines_unless_verbose(verbose):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from domain_embed.config import register_configs
     from domain_embed.console import CONSOLE, ConsoleFilter
+    from domain_embed.hydra_setup import register_configs
 
     register_configs()
     with initialize_config_module("domain_embed.conf", version_base="1.3"):

@@ -6,10 +6,10 @@ import shutil
 import pytest
 
 import domain_embed.stages.compare  # noqa: F401  (registers the stage)
-from domain_embed.config import CompareConfig
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.pipeline import run_pipeline
+from domain_embed.stage_configs import CompareConfig
 from domain_embed.stages.compare import resolve_candidate
 
 UNREACHABLE = "no-such-org/no-such-model"

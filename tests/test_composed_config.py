@@ -4,7 +4,7 @@ resumes in one place) and what it loads."""
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from domain_embed.config import register_configs
+from domain_embed.hydra_setup import register_configs
 
 
 def _compose(*overrides: str):

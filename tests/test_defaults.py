@@ -8,7 +8,8 @@ from typing import Any
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from domain_embed.config import RootConfig, register_configs
+from domain_embed.config import RootConfig
+from domain_embed.hydra_setup import register_configs
 
 # model files describe one checkpoint each (window, dims, licence); ModelConfig's defaults are not a recipe
 _NOT_A_RECIPE = ("model",)

@@ -276,7 +276,7 @@ def test_slurm_sweep_launcher_config_composes(launcher, gpus):
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
-    from domain_embed.config import register_configs
+    from domain_embed.hydra_setup import register_configs
 
     register_configs()
     with initialize_config_module("domain_embed.conf", version_base="1.3"):

@@ -17,7 +17,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from domain_embed import overrides
-from domain_embed.config import RootConfig, register_configs
+from domain_embed.config import RootConfig
+from domain_embed.hydra_setup import register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()

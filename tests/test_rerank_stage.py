@@ -28,7 +28,7 @@ def _compose(run: Path, *overrides: str):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from domain_embed.config import register_configs
+    from domain_embed.hydra_setup import register_configs
 
     register_configs()
     with initialize_config_module("domain_embed.conf", version_base="1.3"):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import domain_embed.stages.compare  # noqa: F401  (registers the stage)
-from domain_embed.config import CompareConfig, ServedClientConfig
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.pipeline import run_pipeline
@@ -15,6 +14,7 @@ from domain_embed.report.markdown import compare_table
 from domain_embed.retrieval import served
 from domain_embed.retrieval.served import ServedEmbedder, ServedError, is_loopback, parse_spec
 from domain_embed.selection import reindex_cost
+from domain_embed.stage_configs import CompareConfig, ServedClientConfig
 from domain_embed.stages.compare import candidates
 
 

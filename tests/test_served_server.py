@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 import domain_embed.stages.compare  # noqa: F401  (registers the stage)
-from domain_embed.config import CompareConfig, ServedClientConfig
 from domain_embed.context import RunContext
 from domain_embed.errors import ConfigError
 from domain_embed.pipeline import run_pipeline
 from domain_embed.retrieval.served import ServedUnreachable
+from domain_embed.stage_configs import CompareConfig, ServedClientConfig
 
 REPO = Path(__file__).resolve().parents[1]
 INFINITY = Path(os.environ.get("DOMAIN_EMBED_INFINITY", REPO / ".venv" / "infinity" / "bin" / "infinity_emb"))

@@ -20,9 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from domain_embed import attempts, distributed, multirun, overrides
-from domain_embed.config import RootConfig, register_configs
+from domain_embed.config import RootConfig
 from domain_embed.console import CONSOLE
 from domain_embed.errors import DomainEmbedError
+from domain_embed.hydra_setup import register_configs
 from domain_embed.sweep import objective
 
 log = logging.getLogger("domain_embed")

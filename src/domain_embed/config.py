@@ -3,16 +3,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
-
-from domain_embed.attempts import ATTEMPT_ID, attempt_file
+from domain_embed.stage_configs import CompareConfig, RerankConfig
 
 
 class Truncation(StrEnum):
@@ -305,88 +299,6 @@ class BudgetConfig:
 
 
 @dataclass
-class ServedClientConfig:
-    """How `compare` talks to a served candidate (`domain_embed.retrieval.served`): the openai client, bounded."""
-
-    batch_size: int = 64  # texts per request
-    max_batch_tokens: int = 100_000  # tokens per request (OpenAI allows 300k); estimated where no tokenizer is known
-    concurrency: int = 4  # requests in flight at once
-    max_retries: int = 5  # 408/409/429/5xx, timeouts, lost connections: exponential back-off, Retry-After honoured
-    timeout_s: float = 60.0  # per request
-
-
-@dataclass
-class CompareConfig:
-    """Stage `compare`: candidate models on the user's own data, the article's model-selection guide."""
-
-    # conf/model names, local paths, hub ids, or served models: `openai:<model>[@dims,...]` or
-    # `<http(s) base url>#<served model name>[@dims,...]` (one row per dims value; python -m train --help)
-    models: list[str] = field(default_factory=list)
-    domain_models: list[str] = field(default_factory=list)  # candidates trained on this domain (e.g. legal-bert)
-    split: str = "dev"
-    mrl_dims: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
-    chunk_sizes: list[int] = field(default_factory=list)  # extra chunk windows (tokens) to score per model
-    max_queries: int | None = None
-    throughput_sample: int = 256  # documents encoded uncached to time re-indexing
-    # a fraction, as eval.adopt_min_recall_gain: 0.05 = 5 points. The best general model's Recall@10 this far below
-    # BM25 or a domain model means a domain gap (fine-tune); within it, keep the general model
-    gap_points: float = 0.05
-    mrl_tolerance: float = 0.01  # a fraction of nDCG@10 (0.01 = 1 point): the smallest dims this close to full
-    # served candidates: the corpus leaves this machine for any endpoint not on loopback (127.0.0.0/8, ::1,
-    # localhost); such a candidate is refused, before any request, unless this is true
-    allow_remote: bool = False
-    api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the API key (the key is never in a config)
-    # USD per 1M input tokens, by served model name, as read on prices_date (override or add: ++compare.prices.<m>=..)
-    prices: dict[str, float] = field(default_factory=lambda: {"text-embedding-3-small": 0.02,
-                                                              "text-embedding-3-large": 0.13,
-                                                              "text-embedding-ada-002": 0.10})
-    prices_date: str = "2025-06-01"
-    client: ServedClientConfig = field(default_factory=ServedClientConfig)
-
-
-class RerankLoss(StrEnum):
-    lambdaloss = "lambdaloss"  # LambdaLoss, NDCG-Loss2++ weighting cut at 10: listwise, aimed at nDCG@10
-    listnet = "listnet"  # ListNet: listwise, softmax cross-entropy over each list
-    bce = "bce"  # pointwise BinaryCrossEntropyLoss on the lists' pairs (positives weighted by negatives per positive)
-
-
-@dataclass
-class RerankConfig:
-    """Stages `reranker` (the cross-encoder, trained or given) and `rerank`: it re-scores each first stage's top
-    documents and mixes its score with the first stage's. Which first stage, how deep and with what weight are chosen
-    on the dev split by `eval.primary_metric`, never on the evaluated split. `depths`, `weights`, `first_stages` and
-    `latency_queries` are how `rerank` uses it: they never retrain it."""
-
-    model: str | None = None  # a cross-encoder (path or hub id) used as it is; None: train one in the run
-    depths: list[int] = field(default_factory=lambda: [20, 50, 100])  # candidates re-scored per query, tried on dev
-    # the cross-encoder's share of the final score (per-query min-max of both scores), tried on dev with each depth;
-    # 0 (the first stage alone) is always tried, 1 is the cross-encoder alone
-    weights: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
-    first_stages: list[str] = field(default_factory=lambda: ["bm25", "tuned", "hybrid_tuned"])
-    max_length: int = 256  # tokens of (query, document window) together
-    batch_size: int = 64  # pairs scored per forward pass
-    latency_queries: int = 20  # queries re-ranked one at a time to measure ms per query
-    # training (model=None): lists of the first stage `lists_from` (its top `list_depth` for each train query; the
-    # dev check reads the same first stage's dev lists), labelled from the qrels
-    lists_from: str = "hybrid_tuned"  # a first stage: bm25, baseline, tuned, hybrid_base or hybrid_tuned
-    list_depth: int = 100  # N: a training list is drawn from the top N (at least the largest of `depths`)
-    num_negatives: int = 15  # per training query, sampled (seeded) from its top N less its labelled positives
-    init: str = "base"  # where the weights start: base | tuned (the run's fine-tuned model) | a cross-encoder's path
-    loss: RerankLoss = RerankLoss.lambdaloss
-    max_train_queries: int | None = None  # a seeded sample of the training queries; None: all
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 1e-4
-    train_batch_size: int = 16  # lists per step and rank (pairs under `loss=bce`)
-    warmup: float = 0.1  # fraction of steps
-    evaluations: int = 4  # dev evaluations (and checkpoints) in a run, evenly spaced, whatever its length
-    save_total_limit: int = 2
-    dev_eval_queries: int = 100  # dev queries whose first-stage lists are reranked at each evaluation
-    resume: bool = False  # continue from the last checkpoint after a kill
-    keep_checkpoints: bool = False
-
-
-@dataclass
 class RootConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -407,59 +319,3 @@ class RootConfig:
     run_dir: str = "${de.job_dir:}"
     # where sweep jobs share audit/baseline/mine/triplets/reranker outputs; a multirun defaults it to <sweep dir>/shared
     shared_dir: str | None = None
-
-
-def data_key(name: str, path: str | None, source: str = SourceKind.beir.value, hub_name: str | None = None,
-             pairs_path: str | None = None) -> str:
-    """The data's part of the default run directory: the domain name for a hub source; for a folder (or a pairs
-    file), its name and a short hash of its absolute path, so that two BEIR folders run with the same domain never
-    share outputs. A hub dataset named without a domain (`data.name` still the schema's `beir`) is keyed by its repo,
-    so a hub run and a pairs run never share `outputs/beir/`."""
-    if path:
-        return _folder_key(path)
-    if source == SourceKind.pairs.value and pairs_path:
-        return _folder_key(pairs_path)
-    if source == SourceKind.hub.value and name == DataConfig.name and hub_name:
-        return hub_name.rstrip("/").replace("/", "--").lower()
-    return name
-
-
-def _folder_key(path: str) -> str:
-    """A folder's name and a short hash of its absolute path: two folders of one name never share a run directory."""
-    folder = Path(path).expanduser().resolve()
-    return f"{folder.name}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
-
-
-def model_name(name: str, own_hub_id: str, hub_id: str, path: str | None) -> str:
-    """A model group's name, while it loads that group's model: `model.path` or another `model.hub_id` renames the
-    run after what it loads (the folder's name and path hash, or the repo's name): bge-m3 is never filed as minilm."""
-    if path:
-        return _folder_key(path)
-    return name if hub_id == own_hub_id else hub_id.rstrip("/").rsplit("/", 1)[-1].lower()
-
-
-def job_dir() -> str:
-    """The job's folder: Hydra's runtime.output_dir (the run directory, or <sweep dir>/<n> in a multirun). Hydra
-    sets it only when a job starts, so `--cfg job --resolve` shows the run directory a single run would use."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = HydraConfig.get()
-    if OmegaConf.is_missing(hydra_cfg.runtime, "output_dir"):
-        return os.path.abspath(hydra_cfg.run.dir)
-    return hydra_cfg.runtime.output_dir
-
-
-def source_for(path: str | None, source: str) -> str:
-    """What a domain config loads: a local folder (data.path) wins over the domain's own source, and the
-    resolved config (report.json, `--cfg job --resolve`) says so."""
-    return SourceKind.beir.value if path else source
-
-
-def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="schema", node=RootConfig)
-    for name, resolver in (("de.data_key", data_key), ("de.source", source_for), ("de.attempt_id", lambda: ATTEMPT_ID),
-                           ("de.attempt_file", attempt_file), ("de.job_dir", job_dir),
-                           ("de.model_name", model_name)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)

@@ -68,7 +68,7 @@ def test_the_matryoshka_recipe_fits_models_of_other_dimensions():
     768-dim model trains its own 768 (a list naming 384 would have left its full width untrained)."""
     from hydra import compose, initialize_config_module
 
-    from domain_embed.config import register_configs
+    from domain_embed.hydra_setup import register_configs
     from domain_embed.tuning.losses import matryoshka_dims
 
     register_configs()

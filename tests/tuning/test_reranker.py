@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from domain_embed.config import RerankConfig, RerankLoss
 from domain_embed.errors import ConfigError
+from domain_embed.stage_configs import RerankConfig, RerankLoss
 from domain_embed.tuning.reranker import (
     DEV_METRIC,
     dev_lists,

@@ -33,9 +33,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from domain_embed import distributed
-from domain_embed.config import ServedClientConfig
 from domain_embed.errors import ConfigError, DomainEmbedError
 from domain_embed.rundir import atomic_write_json, publish_dir
+from domain_embed.stage_configs import ServedClientConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from sentence_transformers.cross_encoder.training_args import CrossEncoderTraini
 from transformers import set_seed
 
 from domain_embed import distributed
-from domain_embed.config import RerankConfig, RerankLoss
 from domain_embed.errors import ConfigError, DataError
+from domain_embed.stage_configs import RerankConfig, RerankLoss
 from domain_embed.tuning.progress import use_logged_progress
 from domain_embed.tuning.trainer import CHECKPOINTS, _precision_flags, _resume_point
 
