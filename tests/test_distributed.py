@@ -224,8 +224,8 @@ def test_accelerate_launch_trains_on_two_ranks_and_reports_once(tiny_beir, tiny_
              "training.warmup=0",  # no step at learning rate 0: each round's best checkpoint is a new model
              "rerank.train_batch_size=2", "rerank.max_length=64", "rerank.depths=[5,10]",
              "rerank.latency_queries=2", "rerank.batch_size=4"]  # blocks of 64 pairs: several for each rank
-    proc = subprocess.run([*launch, *train, f"hydra.run.dir={run}"], cwd=tmp_path, env=_env(), capture_output=True,
-                          text=True, timeout=300)  # a hang guard: a loaded 2-core machine takes minutes
+    proc = subprocess.run([*launch, *train, f"hydra.run.dir={run}", "verbose=true"], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=300)  # a hang guard: a loaded 2-core machine: minutes
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     report = json.loads((run / "report.json").read_text())
@@ -295,9 +295,11 @@ def test_the_rendezvous_is_the_first_host_of_slurms_node_list(nodelist, host):
 
 
 def test_slurm_variables_become_the_launcher_variables_unless_a_launcher_set_them(monkeypatch):
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS",
-                 "SLURM_STEP_NODELIST", "SLURM_NODELIST"):
-        monkeypatch.delenv(name, raising=False)
+    # from_slurm writes os.environ itself: on a copy, so that no RANK or WORLD_SIZE outlives the test (a later
+    # in-process run would wait for ranks that never come)
+    unset = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_STEP_NUM_TASKS",
+             "SLURM_STEP_NODELIST", "SLURM_NODELIST")
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k not in unset})
     slurm = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "gpu[12-15]",
              "SLURM_JOB_ID": "4242"}
     for name, value in slurm.items():
@@ -343,7 +345,8 @@ def test_srun_tasks_given_only_slurm_variables_train_as_two_ranks_of_one_run(tin
     overrides = ["+domain=beir", f"data.path={tiny_beir}", f"model.path={tiny_model}",
                  f"cache_dir={tmp_path / 'cache'}", f"stages=[{','.join(stages)}]", "training.batch_size=2",
                  "training.epochs=2", "training.num_negatives=1", "training.eval_steps=1",
-                 "training.logging_steps=1", "training.warmup=0", f"hydra.run.dir={run}"]
+                 "training.logging_steps=1", "training.warmup=0", f"hydra.run.dir={run}",
+                 "verbose=true"]  # the tasks' logs show every line, the rank each joined as included
     env = {k: v for k, v in _env().items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR",
                                                         "MASTER_PORT") and not k.startswith("SLURM_")}
     env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", PYTHON=sys.executable, SLURM_SUBMIT_DIR=str(tmp_path),

@@ -236,7 +236,8 @@ def test_two_ranks_on_obliqa_write_the_single_process_outputs_and_count_each_enc
     stages = ["audit", "baseline", "mine", "triplets"]
     common = ["-m", "train", "+domain=beir", f"data.path={shared_data / 'legal' / 'obliqa'}",
               f"model.path={tiny_model}", "budget.max_corpus=300", "budget.max_queries=24",
-              "eval.search.query_block=8", "mining.search.query_block=8", f"stages=[{','.join(stages)}]"]
+              "eval.search.query_block=8", "mining.search.query_block=8", f"stages=[{','.join(stages)}]",
+              "verbose=true"]  # every line on the console: the ranks' stage lines are counted below
     launch = {"two": [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                       str(REPO / "conf" / "accelerate" / "multi_gpu.yaml"), "--multi_gpu", "--num_processes", "2",
                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
